@@ -1,0 +1,72 @@
+"""LoRA (Hu et al. 2021) and QLoRA (Dettmers et al. 2023) through peft, on every linear block layer.
+
+QLoRA is LoRA on a bitsandbytes NF4 + double-quant backbone; the two share this module and differ only
+in their defaults. LoRA and quantisation come from peft and bitsandbytes, never hand-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from scaling.config import check, check_positive_int
+from scaling.methods.base import MethodConfig
+
+# Every linear layer of a Llama/Mistral/Qwen2 block; not lm_head (QLoRA paper, §4 "all linear layers").
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraConfig(MethodConfig):
+    name: ClassVar[str] = "lora"
+    kind: ClassVar[str] = "lora"
+    dial: ClassVar[str] = "rank"
+
+    rank: int = 64
+    """LoRA rank r (QLoRA's default 64): adapter params = r·(in + out) per targeted linear."""
+    alpha: float = 16.0
+    """LoRA scaling numerator: the update is (alpha / r)·B·A (QLoRA used 16)."""
+    dropout: float = 0.1
+    """Dropout on the LoRA branch input (QLoRA: 0.1 up to 13B, 0.05 above)."""
+    gradient_checkpointing: bool = False
+    """Recompute block activations in backward (QLoRA's paper setting; off for memory comparisons)."""
+    prepare_kbit: bool = False
+    """Call peft's ``prepare_model_for_kbit_training`` (upcasts embeddings/head/norms to fp32)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_int("rank", self.rank)
+        check(self.alpha > 0, f"alpha must be positive; got {self.alpha!r}")
+        check(0 <= self.dropout < 1, f"dropout must be in [0, 1); got {self.dropout!r}")
+
+    def build(self, backbone: Any):
+        import peft
+
+        from scaling.modeling import HFMethodModel, load_backbone
+
+        model = load_backbone(backbone, self)
+        model.requires_grad_(False)
+        ckpt_kwargs = {"use_reentrant": False}
+        if self.prepare_kbit:
+            model = peft.prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=self.gradient_checkpointing,
+                gradient_checkpointing_kwargs=ckpt_kwargs,
+            )
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        lora = peft.LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(TARGET_MODULES),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        return HFMethodModel(peft.get_peft_model(model, lora), self)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QLoraConfig(LoraConfig):
+    name: ClassVar[str] = "qlora"
+    quantization: str = "nf4"
