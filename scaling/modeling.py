@@ -69,10 +69,18 @@ def load_backbone(backbone: str | os.PathLike | PreTrainedModel, cfg) -> PreTrai
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": default_device()}
     try:
-        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ScalingError(f"cannot load model {source!r}: {first}") from None
+    for module in model.modules():
+        # bitsandbytes repacks 4-bit weights in place for its AVX512-BF16 CPU inference kernel the first
+        # time a layer runs without autograd — always, for Ladder's no-grad backbone. The repacking
+        # rewrites the stored quantisation state (so the backbone is no longer bit-identical) and fails
+        # on shapes it does not support (in_features % 64, out_features % 32). Keep the portable path.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def backbone_source(model: PreTrainedModel) -> str:
@@ -127,6 +135,7 @@ class HFMethodModel(MethodModel):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         super().__init__(cfg, backbone_source(base))
         self.model = model
+        self.train()  # from_pretrained returns eval mode; a built method is ready to train
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)

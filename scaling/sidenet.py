@@ -152,7 +152,7 @@ class LadderModel(MethodModel):
             from scaling.pruning import init_side_from_backbone
 
             init_side_from_backbone(ladder.side, model)
-        return ladder
+        return ladder.train()
 
     def train(self, mode: bool = True):
         super().train(mode)
