@@ -236,7 +236,12 @@ def side_heads(arch: Arch, width: int, min_head_dim: int) -> tuple[int, int, int
 
 
 def ladder_geometry(
-    arch: Arch, *, reduction: int | None, width: int | None, side_layers: int | None, min_head_dim: int
+    arch: Arch,
+    *,
+    reduction: int | None,
+    width: int | None,
+    side_layers: int | None,
+    min_head_dim: int,
 ) -> SideGeometry:
     """Ladder: ``side_layers`` (default: one per backbone layer) evenly spaced over the backbone.
 

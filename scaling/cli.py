@@ -1,8 +1,8 @@
 """The ``scaling`` command line: thin argparse handlers over the library.
 
-    scaling flops  --model qwen2.5-7b --method ladder --reduction 8 --seq-len 2048
-    scaling memory --model qwen2.5-7b --method qlora --seq-len 2048 --batch-size 1 --gpu-mem 12GB
-    scaling demo
+scaling flops  --model qwen2.5-7b --method ladder --reduction 8 --seq-len 2048
+scaling memory --model qwen2.5-7b --method qlora --seq-len 2048 --batch-size 1 --gpu-mem 12GB
+scaling demo
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def _parse_bool(text: str) -> bool:
 
 def _add_dial_options(parser: argparse.ArgumentParser) -> None:
     """One ``--dial`` option per field of any method config; the chosen method rejects foreign ones."""
-    group = parser.add_argument_group("method dials (each method accepts its own; see scaling.methods)")
+    group = parser.add_argument_group(
+        "method dials (each method accepts its own; see scaling.methods)"
+    )
     seen: set[str] = set()
     for cls in methods.REGISTRY.values():
         hints = typing.get_type_hints(cls)
@@ -114,9 +116,15 @@ def cmd_memory(args: argparse.Namespace) -> None:
     fits = None if capacity is None else m.fits(capacity)
     if args.json:
         out = {"model": args.model, "config": cfg.to_dict(), "seq_len": args.seq_len}
-        print(json.dumps(out | {"batch_size": args.batch_size, "bytes": m.to_dict(), "fits": fits}, indent=2))
+        print(
+            json.dumps(
+                out | {"batch_size": args.batch_size, "bytes": m.to_dict(), "fits": fits}, indent=2
+            )
+        )
         return
-    print(f"{args.method} on {args.model}, batch {args.batch_size} × {args.seq_len} tokens ({_describe(cfg)})")
+    print(
+        f"{args.method} on {args.model}, batch {args.batch_size} × {args.seq_len} tokens ({_describe(cfg)})"
+    )
     _table([(name, f"{value / flops.GiB:8.2f} GiB") for name, value in m.to_dict().items()])
     if capacity is not None:
         verdict = "fits" if fits else "does NOT fit"
@@ -164,12 +172,16 @@ def build_parser() -> Parser:
         p.add_argument("--method", required=True, choices=list(methods.REGISTRY))
         p.add_argument("--seq-len", type=int, required=True, help="tokens per sequence")
         if name == "memory":
-            p.add_argument("--batch-size", type=int, required=True, help="sequences per micro-batch")
+            p.add_argument(
+                "--batch-size", type=int, required=True, help="sequences per micro-batch"
+            )
             p.add_argument("--gpu-mem", help="card capacity to check against, e.g. 12GB or 80GiB")
         p.add_argument("--json", action="store_true", help="print one JSON object")
         _add_dial_options(p)
 
-    p = add("demo", "train every method a few steps on a tiny model and check the FLOP count", cmd_demo)
+    p = add(
+        "demo", "train every method a few steps on a tiny model and check the FLOP count", cmd_demo
+    )
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per method")
     p.add_argument("--out", default=None, help="where to keep the tiny model (default: a temp dir)")
     return parser

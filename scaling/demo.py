@@ -38,11 +38,15 @@ def tiny_llama(directory: Path) -> Path:
     return directory
 
 
-def run_demo(steps: int = 3, out: str | None = None, batch: int = 4, seq_len: int = 64) -> list[dict]:
+def run_demo(
+    steps: int = 3, out: str | None = None, batch: int = 4, seq_len: int = 64
+) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         path = tiny_llama(Path(out) if out else Path(tmp) / "tiny-llama")
         arch = resolve_arch(path)
-        ids = torch.randint(0, arch.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+        ids = torch.randint(
+            0, arch.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0)
+        )
         print(f"tiny Llama: d={arch.hidden_size}, L={arch.num_layers}, V={arch.vocab_size}; "
               f"batch {batch} × {seq_len} tokens, {steps} AdamW steps per method, CPU fp32\n")  # fmt: skip
         header = f"{'method':<8} {'trainable':>10} {'analytic F/tok':>15} {'measured F/tok':>15} {'rel.err':>9} {'s/step':>8} {'loss':>14}"

@@ -174,7 +174,9 @@ class SideParams:
 
     @property
     def total(self) -> int:
-        return self.block_linear + self.block_other + self.ladders + self.w_in + self.w_up + self.other
+        return (
+            self.block_linear + self.block_other + self.ladders + self.w_in + self.w_up + self.other
+        )
 
 
 def side_arch(arch: Arch, geom: SideGeometry) -> Arch:
@@ -222,7 +224,9 @@ class Term:
         return self.forward + self.backward + self.recompute
 
 
-def linear(name: str, weights: int, *, input_grad: bool, weight_grad: bool, recompute=False) -> Term:
+def linear(
+    name: str, weights: int, *, input_grad: bool, weight_grad: bool, recompute=False
+) -> Term:
     fwd = 2.0 * weights
     return Term(name, fwd, fwd * (input_grad + weight_grad), fwd if recompute else 0.0)
 
@@ -310,7 +314,9 @@ def _full_terms(arch: Arch, m, s: int, conv: str):
     down = arch.num_layers * layer_linear_weights(arch)["down_proj"]  # never re-run (see docstring)
     terms = (
         linear("blocks.down", down, input_grad=True, weight_grad=True),
-        linear("blocks.rest", p.block_linear - down, input_grad=True, weight_grad=True, recompute=ckpt),
+        linear(
+            "blocks.rest", p.block_linear - down, input_grad=True, weight_grad=True, recompute=ckpt
+        ),
         attention("attention", a, grads=True, recompute=ckpt),
         linear("head", arch.hidden_size * arch.vocab_size, input_grad=True, weight_grad=True),
     )
@@ -330,10 +336,18 @@ def _lora_terms(arch: Arch, m, s: int, conv: str):
     a = arch.num_layers * attention_flops(arch, s, conv)
     terms = (
         linear("blocks.first_qkv", qkv0, weight_grad=False, **first),
-        linear("blocks.rest", p.block_linear - qkv0, input_grad=True, weight_grad=False, recompute=ckpt),
+        linear(
+            "blocks.rest", p.block_linear - qkv0, input_grad=True, weight_grad=False, recompute=ckpt
+        ),
         linear("lora.first_qkv_A", 3 * r * d, weight_grad=True, **first),
         linear("lora.down_B", down_b, input_grad=True, weight_grad=True),
-        linear("lora.rest", n_lora - 3 * r * d - down_b, input_grad=True, weight_grad=True, recompute=ckpt),
+        linear(
+            "lora.rest",
+            n_lora - 3 * r * d - down_b,
+            input_grad=True,
+            weight_grad=True,
+            recompute=ckpt,
+        ),
         attention("attention", a, grads=True, recompute=ckpt),
         linear("head", d * arch.vocab_size, input_grad=True, weight_grad=False),
     )
@@ -347,7 +361,9 @@ def _ladder_terms(arch: Arch, m, s: int, conv: str):
     side = side_arch(arch, geom)
     terms = (
         linear("backbone.blocks", p.block_linear, input_grad=False, weight_grad=False),
-        attention("backbone.attention", arch.num_layers * attention_flops(arch, s, conv), grads=False),
+        attention(
+            "backbone.attention", arch.num_layers * attention_flops(arch, s, conv), grads=False
+        ),
         linear("head", arch.hidden_size * arch.vocab_size, input_grad=True, weight_grad=False),
         linear("side.w_in", sp.w_in, input_grad=False, weight_grad=True),
         linear("side.ladders", sp.ladders, input_grad=False, weight_grad=True),
@@ -409,7 +425,9 @@ def memory(
         trainable = c.trainable_params * ADAMW_STATE_BYTES
     if method.kind == "ladder":
         geom = method.geometry(arch)
-        kept = geom.num_ladders * 2 * d + geom.num_layers * block_activation_bytes(side_arch(arch, geom))
+        kept = geom.num_ladders * 2 * d + geom.num_layers * block_activation_bytes(
+            side_arch(arch, geom)
+        )
     elif ckpt:
         kept = L * 2 * d + block_activation_bytes(arch)
     else:

@@ -1,10 +1,10 @@
 """Loading backbones and the common model interface of every method (torch, transformers, peft).
 
-    from scaling import methods
-    model = methods.build("qlora", "path/to/model", rank=16)
-    out = model(input_ids=ids, attention_mask=mask, labels=ids)   # out.loss, out.logits
-    model.save("adapter/")                                         # trained parts + scaling_method.json
-    again = methods.load("adapter/")                               # same logits
+from scaling import methods
+model = methods.build("qlora", "path/to/model", rank=16)
+out = model(input_ids=ids, attention_mask=mask, labels=ids)   # out.loss, out.logits
+model.save("adapter/")                                         # trained parts + scaling_method.json
+again = methods.load("adapter/")                               # same logits
 """
 
 from __future__ import annotations
@@ -138,7 +138,9 @@ class HFMethodModel(MethodModel):
         self.train()  # from_pretrained returns eval mode; a built method is ready to train
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs
+        )
 
     def generate(self, *args, **kwargs):
         return self.model.generate(*args, **kwargs)
@@ -154,7 +156,9 @@ class HFMethodModel(MethodModel):
 
             set_peft_model_state_dict(self.model, load_peft_weights(str(directory)))
         else:
-            state = AutoModelForCausalLM.from_pretrained(directory, dtype=self.model.dtype).state_dict()
+            state = AutoModelForCausalLM.from_pretrained(
+                directory, dtype=self.model.dtype
+            ).state_dict()
             self.model.load_state_dict(state)
 
 
@@ -171,7 +175,9 @@ def load_method(directory: str | os.PathLike, backbone: Any = None) -> MethodMod
     except (OSError, json.JSONDecodeError) as e:
         raise ScalingError(f"unreadable {meta_path}: {e}") from None
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ScalingError(f"{meta_path} has format {meta.get('format_version')}, expected {FORMAT_VERSION}")
+        raise ScalingError(
+            f"{meta_path} has format {meta.get('format_version')}, expected {FORMAT_VERSION}"
+        )
     cfg = methods.config(meta["method"], **meta["config"])
     if cfg.kind == "full" and backbone is None:
         backbone = directory  # the saved model is the whole model

@@ -64,10 +64,13 @@ def init_side_from_backbone(side, backbone) -> None:
         if c is None:
             continue
         src = blocks[c]
-        q, k, v, o = (dense_weight(getattr(src.self_attn, n)).cpu() for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        q, k, v, o = (
+            dense_weight(getattr(src.self_attn, n)).cpu()
+            for n in ("q_proj", "k_proj", "v_proj", "o_proj")
+        )
         dims = []
         for g in range(kv_heads):
-            score = (k[g * hd : (g + 1) * hd].abs().sum(1) + v[g * hd : (g + 1) * hd].abs().sum(1))
+            score = k[g * hd : (g + 1) * hd].abs().sum(1) + v[g * hd : (g + 1) * hd].abs().sum(1)
             for h in range(g * group, (g + 1) * group):
                 score += q[h * hd : (h + 1) * hd].abs().sum(1)
             keep = _top(score[:half] + score[half:], side_half)
@@ -80,8 +83,12 @@ def init_side_from_backbone(side, backbone) -> None:
         _copy(attn.v_proj, v[kv_rows][:, res], src.self_attn.v_proj, kv_rows)
         _copy(attn.o_proj, o[res][:, q_rows], src.self_attn.o_proj, res)
 
-        gate, up, down = (dense_weight(getattr(src.mlp, n)).cpu() for n in ("gate_proj", "up_proj", "down_proj"))
-        units = _top(gate.abs().sum(1) + up.abs().sum(1) + down.abs().sum(0), geom.intermediate_size)
+        gate, up, down = (
+            dense_weight(getattr(src.mlp, n)).cpu() for n in ("gate_proj", "up_proj", "down_proj")
+        )
+        units = _top(
+            gate.abs().sum(1) + up.abs().sum(1) + down.abs().sum(0), geom.intermediate_size
+        )
         _copy(layer.mlp.gate_proj, gate[units][:, res], src.mlp.gate_proj, units)
         _copy(layer.mlp.up_proj, up[units][:, res], src.mlp.up_proj, units)
         _copy(layer.mlp.down_proj, down[res][:, units], src.mlp.down_proj, res)

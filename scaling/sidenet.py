@@ -140,7 +140,8 @@ class LadderModel(MethodModel):
         layers = backbone.get_decoder().layers
         self._hooks = [layers[0].register_forward_pre_hook(self._grab_input, with_kwargs=True)]
         self._hooks += [
-            layer.register_forward_hook(self._grab(i), with_kwargs=True) for i, layer in enumerate(layers)
+            layer.register_forward_hook(self._grab(i), with_kwargs=True)
+            for i, layer in enumerate(layers)
         ]
 
     @classmethod
@@ -194,7 +195,9 @@ class LadderModel(MethodModel):
         finally:
             self._states = None
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, position_ids=None, **kwargs):
+    def forward(
+        self, input_ids=None, attention_mask=None, labels=None, position_ids=None, **kwargs
+    ):
         if kwargs.get("past_key_values") is not None or kwargs.get("inputs_embeds") is not None:
             raise ScalingError("Ladder models take input_ids only (no KV cache, no inputs_embeds)")
         states = self.backbone_states(input_ids, attention_mask, position_ids)
@@ -235,7 +238,9 @@ class LadderModel(MethodModel):
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self(input_ids, attention_mask, position_ids=position_ids).logits[:, -1].float()
+            logits = (
+                self(input_ids, attention_mask, position_ids=position_ids).logits[:, -1].float()
+            )
             if do_sample:
                 logits = logits / max(temperature, 1e-6)
                 if top_k:
@@ -263,4 +268,3 @@ class LadderModel(MethodModel):
             raise ScalingError(f"missing {path}")
         device = self.side.w_in.weight.device
         self.side.load_state_dict({k: v.to(device) for k, v in load_file(str(path)).items()})
-

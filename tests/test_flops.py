@@ -105,7 +105,9 @@ def test_attention_conventions():
     width = arch.num_heads * arch.head_dim
     attn = 3 * arch.num_layers * 4 * 4096 * width
     attn_causal = 3 * arch.num_layers * 2 * 4097 * width
-    assert c.train_flops_per_token - c.train_flops_per_token_causal == pytest.approx(attn - attn_causal)
+    assert c.train_flops_per_token - c.train_flops_per_token_causal == pytest.approx(
+        attn - attn_causal
+    )
 
 
 def test_memory_worked_example_qwen25_7b():
@@ -141,7 +143,9 @@ def test_nf4_weight_bytes_match_quantized_model(tiny_llama):
             qs = w.quant_state
             stored += w.numel() * w.element_size()  # packed 4-bit codes
             stored += qs.absmax.numel() * qs.absmax.element_size()  # 8-bit first-level constants
-            stored += qs.state2.absmax.numel() * qs.state2.absmax.element_size()  # fp32 second level
+            stored += (
+                qs.state2.absmax.numel() * qs.state2.absmax.element_size()
+            )  # fp32 second level
     arch = resolve_arch(tiny_llama)
     predicted = flops.backbone_params(arch).block_linear * flops.NF4_BITS / 8
     assert stored == pytest.approx(predicted, rel=0.02)
@@ -159,7 +163,8 @@ def test_flops_module_does_not_import_torch():
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"), [("12GB", 12e9), ("11.5GiB", 11.5 * GiB), ("24G", 24 * GiB), ("800MB", 8e8)]
+    ("text", "expected"),
+    [("12GB", 12e9), ("11.5GiB", 11.5 * GiB), ("24G", 24 * GiB), ("800MB", 8e8)],
 )
 def test_parse_bytes(text, expected):
     assert flops.parse_bytes(text) == pytest.approx(expected)

@@ -51,7 +51,9 @@ def test_only_trainable_parameters_change(tiny_llama, batch, method, dials):
     assert changed <= trainable, f"frozen tensors changed: {sorted(changed - trainable)[:5]}"
     if method != "full":
         frozen = [k for k in before if k not in trainable]
-        assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # backbone bit-identical
+        assert frozen and all(
+            torch.equal(before[k], after[k]) for k in frozen
+        )  # backbone bit-identical
 
 
 @pytest.mark.parametrize(("method", "dials"), METHODS, ids=IDS)
@@ -132,15 +134,24 @@ def test_pruned_init_copies_backbone_slices(tiny_models):
     # reduction 1 keeps every dimension: side layers must equal the backbone layers they read.
     model = methods.build("ladder", tiny_models["qwen2"], reduction=1, quantization="none",
                           init="pruned", side_layers=3)  # fmt: skip
-    for side_layer, layer in zip(model.side.layers, model.backbone.get_decoder().layers, strict=True):
+    for side_layer, layer in zip(
+        model.side.layers, model.backbone.get_decoder().layers, strict=True
+    ):
         for name, p in side_layer.named_parameters():
             torch.testing.assert_close(p, layer.get_parameter(name), rtol=0, atol=0)
-    half = methods.build("ladder", tiny_models["qwen2"], reduction=2, quantization="none", init="pruned")
-    q_side, q_full = half.side.layers[0].self_attn.q_proj.weight, half.backbone.model.layers[0].self_attn.q_proj.weight
+    half = methods.build(
+        "ladder", tiny_models["qwen2"], reduction=2, quantization="none", init="pruned"
+    )
+    q_side, q_full = (
+        half.side.layers[0].self_attn.q_proj.weight,
+        half.backbone.model.layers[0].self_attn.q_proj.weight,
+    )
     # every side row is a backbone row restricted to the kept residual columns
     assert q_side.shape == (32, 32)
     row = q_side[0]
-    assert any(torch.equal(row, torch.index_select(r, 0, half.side.w_in.weight.argmax(1))) for r in q_full)
+    assert any(
+        torch.equal(row, torch.index_select(r, 0, half.side.w_in.weight.argmax(1))) for r in q_full
+    )
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ class FullConfig(MethodConfig):
         model = load_backbone(backbone, self)
         model.requires_grad_(True)
         if self.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         return HFMethodModel(model, self)
-

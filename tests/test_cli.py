@@ -1,0 +1,180 @@
+"""The command line as a user runs it: output, --json keys, --help examples, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "scaling.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_flops_json_keys_and_values():
+    out = run("flops", "--model", "qwen2.5-7b", "--method", "ladder", "--reduction", "8",
+              "--seq-len", "2048", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    for key in (
+        "train_flops_per_token",
+        "forward_flops_per_token",
+        "trainable_params",
+        "backbone_params",
+    ):
+        assert key in data
+    assert data["train_flops_per_token"] == pytest.approx(17.17e9, rel=1e-3)
+    assert data["k"] == pytest.approx(data["train_flops_per_token"] / data["trainable_params"])
+
+
+def test_flops_table_from_model_directory(tiny_llama):
+    out = run("flops", "--model", tiny_llama, "--method", "qlora", "--rank", "4", "--seq-len", "24")
+    assert out.returncode == 0, out.stderr
+    assert "train FLOPs/token" in out.stdout and "trainable params" in out.stdout
+
+
+def test_memory_fits_verdict():
+    base = (
+        "memory",
+        "--model",
+        "qwen2.5-7b",
+        "--seq-len",
+        "2048",
+        "--batch-size",
+        "1",
+        "--gpu-mem",
+        "12GB",
+    )
+    qlora = run(*base, "--method", "qlora")
+    ladder = run(*base, "--method", "ladder", "--reduction", "8", "--json")
+    assert qlora.returncode == 0 and "does NOT fit" in qlora.stdout
+    data = json.loads(ladder.stdout)
+    assert data["fits"] is True and data["bytes"]["total"] < 12e9
+
+
+def test_bool_dial_forms():
+    a = run("flops", "--model", "qwen2.5-0.5b", "--method", "qlora", "--seq-len", "512",
+            "--gradient-checkpointing", "--json")  # fmt: skip
+    b = run("flops", "--model", "qwen2.5-0.5b", "--method", "qlora", "--seq-len", "512",
+            "--gradient-checkpointing", "false", "--json")  # fmt: skip
+    assert (
+        json.loads(a.stdout)["train_flops_per_token"]
+        > json.loads(b.stdout)["train_flops_per_token"]
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["flops"], ["memory"], ["demo"]])
+def test_help_shows_an_example(command):
+    out = run(*command, "--help")
+    assert out.returncode == 0
+    assert "example" in out.stdout and "scaling " in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["flops", "--model", "qwen2.5-7b", "--method", "prefix", "--seq-len", "8"],
+            "invalid choice",
+        ),
+        (
+            [
+                "flops",
+                "--model",
+                "qwen2.5-7b",
+                "--method",
+                "ladder",
+                "--rank",
+                "8",
+                "--seq-len",
+                "8",
+            ],
+            "unknown key 'rank'",
+        ),
+        (
+            [
+                "flops",
+                "--model",
+                "qwen2.5-7b",
+                "--method",
+                "ladder",
+                "--reduction",
+                "5",
+                "--seq-len",
+                "8",
+            ],
+            "does not divide",
+        ),
+        (
+            ["flops", "--model", "/no/such/model", "--method", "qlora", "--seq-len", "8"],
+            "model not found",
+        ),
+        (
+            ["flops", "--model", "qwen2.5-7b", "--method", "qlora", "--seq-len", "0"],
+            "--seq-len must be positive",
+        ),
+        (
+            ["flops", "--model", "qwen2.5-7b", "--method", "qlora", "--seq-len", "-3"],
+            "--seq-len must be positive",
+        ),
+        (
+            ["flops", "--model", "qwen2.5-7b", "--method", "qlora", "--seq-len", "x"],
+            "invalid int value",
+        ),
+        (
+            [
+                "memory",
+                "--model",
+                "qwen2.5-7b",
+                "--method",
+                "qlora",
+                "--seq-len",
+                "8",
+                "--batch-size",
+                "1",
+                "--gpu-mem",
+                "12XB",
+            ],
+            "--gpu-mem",
+        ),
+        (
+            [
+                "memory",
+                "--model",
+                "qwen2.5-7b",
+                "--method",
+                "qlora",
+                "--seq-len",
+                "8",
+                "--batch-size",
+                "0",
+            ],
+            "--batch-size must be positive",
+        ),
+    ],
+)
+def test_bad_input_one_line_exit_2(args, message):
+    out = run(*args)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert out.stdout == ""
+
+
+def test_unreadable_config(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    out = run("flops", "--model", str(tmp_path), "--method", "qlora", "--seq-len", "8")
+    assert out.returncode == 2 and "unreadable config" in out.stderr
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8}))
+    out = run("flops", "--model", str(tmp_path), "--method", "qlora", "--seq-len", "8")
+    assert out.returncode == 2 and "unsupported model family 'gpt2'" in out.stderr
