@@ -6,8 +6,10 @@ train a few steps, and compare the analytic FLOPs per token with FlopCounterMode
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,9 +40,20 @@ def tiny_llama(directory: Path) -> Path:
     return directory
 
 
+def _quiet() -> None:
+    """Keep the demo's output to its table: no per-load progress bars or deprecation chatter."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def run_demo(
     steps: int = 3, out: str | None = None, batch: int = 4, seq_len: int = 64
 ) -> list[dict]:
+    _quiet()
     with tempfile.TemporaryDirectory() as tmp:
         path = tiny_llama(Path(out) if out else Path(tmp) / "tiny-llama")
         arch = resolve_arch(path)
