@@ -80,91 +80,25 @@ def test_help_shows_an_example(command):
     assert "example" in out.stdout and "scaling " in out.stdout
 
 
+Q7B = "--model qwen2.5-7b --method qlora --seq-len 8"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (
-            ["flops", "--model", "qwen2.5-7b", "--method", "prefix", "--seq-len", "8"],
-            "invalid choice",
-        ),
-        (
-            [
-                "flops",
-                "--model",
-                "qwen2.5-7b",
-                "--method",
-                "ladder",
-                "--rank",
-                "8",
-                "--seq-len",
-                "8",
-            ],
-            "unknown key 'rank'",
-        ),
-        (
-            [
-                "flops",
-                "--model",
-                "qwen2.5-7b",
-                "--method",
-                "ladder",
-                "--reduction",
-                "5",
-                "--seq-len",
-                "8",
-            ],
-            "does not divide",
-        ),
-        (
-            ["flops", "--model", "/no/such/model", "--method", "qlora", "--seq-len", "8"],
-            "model not found",
-        ),
-        (
-            ["flops", "--model", "qwen2.5-7b", "--method", "qlora", "--seq-len", "0"],
-            "--seq-len must be positive",
-        ),
-        (
-            ["flops", "--model", "qwen2.5-7b", "--method", "qlora", "--seq-len", "-3"],
-            "--seq-len must be positive",
-        ),
-        (
-            ["flops", "--model", "qwen2.5-7b", "--method", "qlora", "--seq-len", "x"],
-            "invalid int value",
-        ),
-        (
-            [
-                "memory",
-                "--model",
-                "qwen2.5-7b",
-                "--method",
-                "qlora",
-                "--seq-len",
-                "8",
-                "--batch-size",
-                "1",
-                "--gpu-mem",
-                "12XB",
-            ],
-            "--gpu-mem",
-        ),
-        (
-            [
-                "memory",
-                "--model",
-                "qwen2.5-7b",
-                "--method",
-                "qlora",
-                "--seq-len",
-                "8",
-                "--batch-size",
-                "0",
-            ],
-            "--batch-size must be positive",
-        ),
+        ("flops --model qwen2.5-7b --method prefix --seq-len 8", "invalid choice"),
+        ("flops --model qwen2.5-7b --method ladder --rank 8 --seq-len 8", "unknown key 'rank'"),
+        ("flops --model qwen2.5-7b --method ladder --reduction 5 --seq-len 8", "does not divide"),
+        ("flops --model /no/such/model --method qlora --seq-len 8", "model not found"),
+        ("flops --model qwen2.5-7b --method qlora --seq-len 0", "--seq-len must be positive"),
+        ("flops --model qwen2.5-7b --method qlora --seq-len -3", "--seq-len must be positive"),
+        ("flops --model qwen2.5-7b --method qlora --seq-len x", "invalid int value"),
+        (f"memory {Q7B} --batch-size 1 --gpu-mem 12XB", "--gpu-mem"),
+        (f"memory {Q7B} --batch-size 0", "--batch-size must be positive"),
     ],
 )
 def test_bad_input_one_line_exit_2(args, message):
-    out = run(*args)
+    out = run(*args.split())
     assert out.returncode == 2
     assert message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
