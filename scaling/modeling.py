@@ -51,7 +51,8 @@ def load_backbone(backbone: str | os.PathLike | PreTrainedModel, cfg) -> PreTrai
             )
         return backbone
     source = str(backbone)
-    looks_local = os.sep in source or source.startswith(".") or Path(source).exists()
+    # "org/name" is a hub id; an absolute, ./relative or ~ path that does not exist is a typo.
+    looks_local = source.startswith((os.sep, ".", "~")) or Path(source).exists()
     if looks_local and not Path(source).is_dir():
         raise ScalingError(f"model path not found: {source}")
     dtype = compute_dtype(cfg.compute_dtype)

@@ -170,3 +170,16 @@ def test_pruned_init_copies_backbone_slices(tiny_models):
 def test_bad_input_is_a_clear_error(tiny_llama, call, message):
     with pytest.raises(ScalingError, match=message):
         call(tiny_llama)
+
+
+def test_build_on_a_loaded_model(tiny_llama, batch):
+    backbone = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    model = methods.build("ladder", backbone, reduction=4, quantization="none")
+    assert model.backbone is backbone and model.backbone_source == tiny_llama
+    with pytest.raises(ScalingError, match="not quantized"):
+        methods.build("qlora", backbone)  # nf4 by default: a loaded fp32 model does not match
+
+
+def test_hub_name_offline_is_a_clear_error():
+    with pytest.raises(ScalingError, match="cannot load model 'no-org/no-model'"):
+        methods.build("lora", "no-org/no-model")
