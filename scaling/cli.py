@@ -3,6 +3,7 @@
 scaling flops  --model qwen2.5-7b --method ladder --reduction 8 --seq-len 2048
 scaling memory --model qwen2.5-7b --method qlora --seq-len 2048 --batch-size 1 --gpu-mem 12GB
 scaling demo
+scaling sweep sweeps/qwen2.5-ladder-vs-qlora.toml --flops 1e17:1e19:5 --dry-run
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ EXAMPLES = {
     "flops": "scaling flops --model qwen2.5-7b --method ladder --reduction 8 --seq-len 2048",
     "memory": "scaling memory --model qwen2.5-7b --method qlora --seq-len 2048 --batch-size 1 --gpu-mem 12GB",
     "demo": "scaling demo --steps 3",
+    "sweep": "scaling sweep sweeps/qwen2.5-ladder-vs-qlora.toml --flops 1e17:1e19:5 --dry-run",
 }
 
 
@@ -137,6 +139,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(steps=args.steps, out=args.out)
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from scaling.sweep_cli import run_sweep
+
+    print(
+        run_sweep(args.spec, flops_args=args.flops, out=args.out, dry_run=args.dry_run,
+                  from_fit=args.from_fit, gpu_mem=args.gpu_mem, as_json=args.json)
+    )  # fmt: skip
+
+
 def _describe(cfg) -> str:
     return ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items() if v is not None)
 
@@ -184,6 +195,18 @@ def build_parser() -> Parser:
     )
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per method")
     p.add_argument("--out", default=None, help="where to keep the tiny model (default: a temp dir)")
+
+    p = add("sweep", "plan an isoFLOP sweep: one run per budget, backbone, method, dial and seed",
+            cmd_sweep)  # fmt: skip
+    p.add_argument("spec", nargs="?", help="sweep spec TOML (default: the built-in default spec)")
+    p.add_argument("--flops", nargs="+", metavar="C",
+                   help="budgets in FLOPs: values and/or geometric ranges START:STOP:N "
+                        "(default: the spec's budgets)")  # fmt: skip
+    p.add_argument("--out", help="run directory (default: runs/<spec name>)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+    p.add_argument("--from-fit", metavar="FITS.json", help="centre each budget's grid on a fit")
+    p.add_argument("--gpu-mem", help="drop points whose peak memory exceeds this, e.g. 24GB")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     return parser
 
 

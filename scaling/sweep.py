@@ -1,0 +1,893 @@
+"""isoFLOP sweep planning: budgets and dial grids in, one fully specified run per point out.
+
+    >>> from scaling import sweep
+    >>> spec = sweep.load_spec()                      # the built-in default (= sweeps/default.toml)
+    >>> runs = sweep.plan(spec, [1e17, 1e18])         # list[RunSpec], one per (budget, backbone,
+    >>> runs[0].run_id                                #   method, dial value, seed)
+    'ladder-r2-1e17-s0-…'
+    >>> p = sweep.build_plan(sweep.load_spec("sweeps/quickstart.toml"), from_fit="fits.json")
+    >>> p.dropped, p.warnings                         # what was left out and why; grid warnings
+
+    scaling sweep sweeps/qwen2.5-ladder-vs-qlora.toml --flops 1e17:1e19:5 --dry-run
+
+Tokens come from the exact training FLOPs per token of each configuration (:func:`scaling.flops.cost`),
+never 6·N·D: D = C / F(config, seq_len). Steps are derived, never typed: steps = round(D / B) for a
+batch of B tokens; the run trains on D' = steps·B tokens and spends C' = D'·F, which must lie within
+``constraints.tolerance`` (1%) of C — guaranteed once steps ≥ 50, since |C'/C − 1| ≤ 1 / (2·steps).
+A point that breaks a constraint (too few steps, too many epochs, too much memory, a budget it cannot
+hit) is dropped and listed with its reason, never silently.
+
+Specs are TOML files stating only their differences from the defaults (the field defaults below, also
+written out in ``sweeps/default.toml``); ``extends = "other.toml"`` layers a spec over another one.
+Tables merge key by key, lists replace. In ``[method.<name>]`` a scalar fixes a dial, a list is a grid
+axis, and ``{min, max, num}`` is a log-spaced grid (rounded to integers when both ends are integers);
+several axes form their product.
+
+Backbones are architecture presets (:data:`scaling.arch.PRESETS`), model directories, ``config.json``
+files, or hub names (read from the local Hugging Face cache only, else matched to a preset by name:
+``Qwen/Qwen2.5-7B`` → ``qwen2.5-7b``). ``[backbone_config."<ref>"]`` gives an inline ``config.json`` for
+a backbone that does not exist yet (``sweeps/quickstart.toml``: the tiny model a later step saves);
+the file wins once it exists.
+
+Re-centring from a fit (``from_fit``): a JSON file (written by ``scaling fit``) of the form ::
+
+    {"methods": {"ladder": {"optimal_params": {"A": 2.1e-3, "a": 0.52}}, "qlora": {...}}}
+
+meaning N*(C) = A·C^a trainable parameters at budget C (other keys are ignored). For each budget the
+planner aims ``grid.points`` trainable-parameter counts log-spaced over ±``grid.half_width`` decades
+around N*(C) and picks the nearest valid value of the method's dial (``MethodConfig.dial``: Ladder's
+reduction, xLadder's δ, (Q)LoRA's rank), so every new budget is centred on the running fit. A grid
+whose optimum is not interior (< 2 points on a side) or that spans more than ±1 decade around its
+centre draws a warning: wide grids bias the fitted N*(C) coefficient (+4% at ±1 decade, +8.5% at ±1.5;
+shared/notes/fitting.md).
+
+Run ids are ``<method>-<dial>-<budget>-s<seed>-<sha1[:8]>`` of everything that defines the run, so the
+same spec gives the same ids in any process. :func:`write` fills a run directory (``sweep.json``,
+``manifest.parquet``, ``runs/<id>/spec.json``): re-planning the same sweep only adds runs it lacks
+(new budgets, a re-centred grid) and never touches existing ones; a directory holding a different
+sweep (any spec change other than budgets) is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from scaling import flops, methods
+from scaling.arch import PRESETS, Arch, preset_config, read_hf_config
+from scaling.config import Config, check, check_choice, check_positive_int, tomllib
+from scaling.errors import ScalingError
+from scaling.io import atomic_dir, write_json
+
+GENERATOR_KEYS = ("min", "max", "num")
+SCHEDULES = ("cosine", "linear", "constant")
+WIDE_GRID_DECADES = 1.0  # ±1 decade: +4% bias on the N*(C) coefficient (fitting.md)
+
+
+def _positive_number(name: str, value: Any, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    check(
+        ok and math.isfinite(value) and value > 0,
+        f"{name} must be a positive number; got {value!r}",
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatasetSpec(Config):
+    name: str = "synthetic-arithmetic"
+    """Dataset reference the job loads (a registered name or a hub id)."""
+    path: str | None = None
+    """Local data path, when the data are not fetched by name."""
+    tokens: float | None = None
+    """Tokens in one epoch of the dataset; enables the epoch count and ``constraints.max_epochs``."""
+
+    def __post_init__(self) -> None:
+        check(
+            isinstance(self.name, str) and self.name != "",
+            "dataset.name must be a non-empty string",
+        )
+        _positive_number("dataset.tokens", self.tokens, allow_none=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimizerSpec(Config):
+    name: str = "adamw"
+    """Optimizer (AdamW for every method; method.md)."""
+    lr: float = 2e-4
+    """Peak learning rate (QLoRA's 2e-4) unless ``lr_by_method`` names the method."""
+    lr_by_method: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"ladder": 3e-3, "xladder": 3e-3}
+    )
+    """Per-method peak learning rate (LST used 3e-3 for side nets)."""
+    weight_decay: float = 0.0
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "cosine"
+    """LR schedule over exactly the run's planned steps (only end-of-schedule losses are isoFLOP points)."""
+    warmup_fraction: float = 0.05
+    """Warm-up steps = ceil(fraction · steps)."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate / peak learning rate."""
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        check_choice("optimizer.name", self.name, ("adamw",))
+        check_choice("optimizer.schedule", self.schedule, SCHEDULES)
+        _positive_number("optimizer.lr", self.lr)
+        check(isinstance(self.lr_by_method, dict), "optimizer.lr_by_method must be a table")
+        for name, lr in self.lr_by_method.items():
+            methods.config_class(name)
+            _positive_number(f"optimizer.lr_by_method.{name}", lr)
+        check(0 <= self.weight_decay, "optimizer.weight_decay must be ≥ 0")
+        check(len(self.betas) == 2, "optimizer.betas must be two numbers")
+        check(0 <= self.warmup_fraction < 1, "optimizer.warmup_fraction must be in [0, 1)")
+        check(0 <= self.min_lr_ratio <= 1, "optimizer.min_lr_ratio must be in [0, 1]")
+        _positive_number("optimizer.grad_clip", self.grad_clip, allow_none=True)
+
+    def for_method(self, method: str, steps: int) -> dict[str, Any]:
+        """What one run's optimizer needs: the resolved learning rate and warm-up steps."""
+        out = self.to_dict()
+        del out["lr_by_method"]
+        out["lr"] = self.lr_by_method.get(method, self.lr)
+        out["warmup_steps"] = math.ceil(self.warmup_fraction * steps)
+        return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Constraints(Config):
+    min_steps: int = 100
+    """Fewest optimizer steps a run may take; fewer and the point is dropped."""
+    max_epochs: float | None = None
+    """Most passes over the dataset (needs ``dataset.tokens``)."""
+    gpu_mem: str | None = None
+    """GPU memory cap, e.g. ``24GB`` or ``80GiB``; points whose estimated peak exceeds it are dropped."""
+    tolerance: float = 0.01
+    """Largest allowed |realised compute / budget − 1| after rounding to whole steps."""
+
+    def __post_init__(self) -> None:
+        check_positive_int("constraints.min_steps", self.min_steps)
+        _positive_number("constraints.max_epochs", self.max_epochs, allow_none=True)
+        check(0 < self.tolerance < 1, "constraints.tolerance must be in (0, 1)")
+        if self.gpu_mem is not None:
+            try:
+                flops.parse_bytes(str(self.gpu_mem))
+            except ValueError as e:
+                raise ScalingError(f"constraints.gpu_mem: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GridSpec(Config):
+    points: int = 5
+    """Dial values per budget when the grid is centred on a fit (``from_fit``)."""
+    half_width: float = 0.5
+    """Decades of trainable parameters either side of the predicted optimum (fit-centred grids)."""
+
+    def __post_init__(self) -> None:
+        check_positive_int("grid.points", self.points)
+        _positive_number("grid.half_width", self.half_width)
+
+
+SECTIONS: dict[str, type[Config]] = {
+    "dataset": DatasetSpec,
+    "optimizer": OptimizerSpec,
+    "constraints": Constraints,
+    "grid": GridSpec,
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepSpec(Config):
+    name: str = "default"
+    """Sweep name: the default output directory is ``runs/<name>`` (default: the spec file's stem)."""
+    backbones: list[str] = dataclasses.field(default_factory=lambda: ["qwen2.5-0.5b"])
+    """Backbones: presets, model directories, config.json files or hub names; each is a grid axis."""
+    backbone_config: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Inline config.json fields per backbone reference, used while the reference does not resolve."""
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["ladder", "qlora"])
+    """Methods to compare (see ``scaling.methods.REGISTRY``)."""
+    method: dict[str, dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: {
+            "ladder": {"reduction": [2, 4, 8, 16, 32]},
+            "qlora": {"rank": [4, 8, 16, 32, 64, 128]},
+        }
+    )
+    """Dials per method: scalar = fixed, list = grid axis, {min, max, num} = log-spaced grid."""
+    seq_len: int = 1024
+    """Tokens per training sequence."""
+    batch_tokens: int = 65536
+    """Tokens per optimizer step (a multiple of seq_len × micro_batch_size)."""
+    micro_batch_size: int = 1
+    """Sequences per forward/backward pass (gradient accumulation makes up the batch); sets memory."""
+    budgets: list[float] = dataclasses.field(default_factory=list)
+    """Compute budgets in FLOPs, used when none are given on the command line."""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    """One run per seed at every point."""
+    dataset: DatasetSpec = dataclasses.field(default_factory=DatasetSpec)
+    optimizer: OptimizerSpec = dataclasses.field(default_factory=OptimizerSpec)
+    constraints: Constraints = dataclasses.field(default_factory=Constraints)
+    grid: GridSpec = dataclasses.field(default_factory=GridSpec)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str | None = None) -> SweepSpec:
+        data = dict(data)
+        for key, section in SECTIONS.items():
+            if isinstance(data.get(key), dict):
+                data[key] = section.from_dict(data[key], where=f"[{key}] in {where or 'the spec'}")
+        return super().from_dict(data, where=where)
+
+    def __post_init__(self) -> None:
+        check(
+            isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name),
+            f"name must be letters, digits, '.', '_' or '-'; got {self.name!r}",
+        )
+        for key, section in SECTIONS.items():
+            check(isinstance(getattr(self, key), section), f"[{key}] must be a table")
+        check(
+            isinstance(self.backbones, list) and self.backbones != [],
+            "backbones must be a non-empty list",
+        )
+        check(all(isinstance(b, str) for b in self.backbones), "backbones must be strings")
+        check(
+            isinstance(self.methods, list) and self.methods != [],
+            "methods must be a non-empty list",
+        )
+        check(len(set(self.methods)) == len(self.methods), "methods lists a method twice")
+        check(isinstance(self.method, dict), "method must be a table of [method.<name>] tables")
+        for name in [*self.methods, *self.method]:
+            methods.config_class(name)
+        for name in self.methods:
+            dial_grid(self, name)  # validates every combination of dials
+        for key in ("seq_len", "batch_tokens", "micro_batch_size"):
+            check_positive_int(key, getattr(self, key))
+        sequences = self.seq_len * self.micro_batch_size
+        check(
+            self.batch_tokens % sequences == 0,
+            f"batch_tokens ({self.batch_tokens}) must be a multiple of seq_len × micro_batch_size "
+            f"({sequences})",
+        )
+        for b in self.budgets:
+            _positive_number("budgets", b)
+        check(isinstance(self.seeds, list) and self.seeds != [], "seeds must be a non-empty list")
+        for s in self.seeds:
+            check(
+                isinstance(s, int) and not isinstance(s, bool), f"seeds must be integers; got {s!r}"
+            )
+        check(len(set(self.seeds)) == len(self.seeds), "seeds lists a seed twice")
+        check(
+            self.constraints.max_epochs is None or self.dataset.tokens is not None,
+            "constraints.max_epochs needs dataset.tokens (the size of one epoch)",
+        )
+
+    def identity(self) -> str:
+        """Hash of everything but the budgets: what must match to add runs to an existing directory."""
+        data = self.to_dict()
+        del data["budgets"]
+        return _sha1(data)[:12]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; anything else in ``over`` replaces what ``base`` holds."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _layers(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise ScalingError(f"sweep spec not found: {path}")
+    if path.resolve() in seen:
+        raise ScalingError(f"{path} extends itself (through {' → '.join(map(str, seen))})")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ScalingError(f"cannot parse {path}: {e}") from None
+    data.setdefault("name", path.stem)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = _layers(path.parent / str(parent), (*seen, path.resolve()))
+    base.pop("name", None)
+    return _merge(base, data)
+
+
+def load_spec(path: str | Path | None = None, **overrides: Any) -> SweepSpec:
+    """The spec at ``path`` layered over the defaults (``None``: the built-in default spec)."""
+    data = _layers(Path(path)) if path is not None else {}
+    data = _merge(data, overrides)
+    return SweepSpec.from_dict(_merge(SweepSpec().to_dict(), data), where=str(path or "defaults"))
+
+
+def parse_budgets(items: list[str] | str) -> list[float]:
+    """``["1e17", "3e17"]`` or ``["1e16:1e18:5"]`` (geometric, 3 significant digits) → sorted budgets."""
+    out: list[float] = []
+    for item in [items] if isinstance(items, str) else items:
+        parts = str(item).split(":")
+        if len(parts) not in (1, 3):
+            raise ScalingError(f"--flops: {item!r} is neither a number nor a range START:STOP:N")
+        values = [_budget(p, item) for p in parts[:2]]
+        if len(parts) == 1:
+            out.append(values[0])
+            continue
+        start, stop = values
+        try:
+            n = int(parts[2])
+        except ValueError:
+            raise ScalingError(f"--flops: the N of {item!r} must be an integer") from None
+        if n < 2 or stop <= start:
+            raise ScalingError(f"--flops: range {item!r} needs START < STOP and N ≥ 2")
+        out += [float(f"{start * (stop / start) ** (i / (n - 1)):.3g}") for i in range(n)]
+    return check_budgets(out)
+
+
+def _budget(text: str, item: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ScalingError(f"--flops: {item!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ScalingError(f"--flops: budgets must be positive and finite; got {item!r}")
+    return value
+
+
+def check_budgets(budgets: list[float]) -> list[float]:
+    if not budgets:
+        raise ScalingError(
+            "no budgets: give --flops (e.g. --flops 1e17 1e18) or budgets in the spec"
+        )
+    for b in budgets:
+        _positive_number("budget", b)
+    return sorted({float(b) for b in budgets})
+
+
+def resolve_backbone(ref: str, inline: dict[str, Any] | None = None) -> tuple[Arch, dict[str, Any]]:
+    """(architecture, config.json fields) of a preset, directory, config.json, or cached hub name."""
+    if ref.lower() in PRESETS or Path(ref).exists():
+        cfg = read_hf_config(ref)
+    elif (cached := _hub_cached_config(ref)) is not None:
+        cfg = cached
+    elif inline is not None:
+        cfg = dict(inline)
+    elif "/" in ref and ref.rsplit("/", 1)[-1].lower() in PRESETS:
+        cfg = preset_config(ref.rsplit("/", 1)[-1])
+    else:
+        raise ScalingError(
+            f"backbone not found: {ref} (not a preset, model directory, config.json or cached hub "
+            f'model, and no [backbone_config."{ref}"]); presets: {", ".join(PRESETS)}'
+        )
+    return Arch.from_hf_config(cfg, source=ref), cfg
+
+
+def _hub_cached_config(ref: str) -> dict[str, Any] | None:
+    """A hub model's config.json from the local cache only: planning never touches the network."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(ref, "config.json")
+        return json.loads(Path(path).read_text()) if isinstance(path, str) else None
+    except Exception:  # not installed, bad cache entry: fall through to the other sources
+        return None
+
+
+def load_fit(source: str | Path | dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """``{method: (A, a)}`` with N*(C) = A·C^a from a fit file (schema in the module docstring)."""
+    data = source
+    if not isinstance(source, dict):
+        path = Path(source)
+        if not path.is_file():
+            raise ScalingError(f"fit file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ScalingError(f"unreadable fit file {path}: {e}") from None
+    table = data.get("methods") if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        raise ScalingError(f"fit {source} has no 'methods' table")
+    out = {}
+    for name, entry in table.items():
+        try:
+            law = entry["optimal_params"]
+            A, a = float(law["A"]), float(law["a"])
+        except (KeyError, TypeError, ValueError):
+            raise ScalingError(
+                f"fit {source}: methods.{name}.optimal_params needs numbers A and a"
+            ) from None
+        if not (math.isfinite(A) and A > 0 and math.isfinite(a)):
+            raise ScalingError(f"fit {source}: methods.{name}: A must be positive, a finite")
+        out[name] = (A, a)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Dial grids
+
+
+def _axis(method: str, key: str, value: Any) -> list[Any] | None:
+    """Values of a grid axis; ``None`` for a fixed (scalar) dial."""
+    where = f"method.{method}.{key}"
+    if isinstance(value, list):
+        check(value != [], f"empty dial grid: {where} = []")
+        return value
+    if not isinstance(value, dict):
+        return None
+    unknown = [k for k in value if k not in GENERATOR_KEYS]
+    check(
+        not unknown,
+        f"unknown key {unknown[:1]} in {where}; valid keys: {', '.join(GENERATOR_KEYS)}",
+    )
+    check(all(k in value for k in GENERATOR_KEYS), f"{where} needs min, max and num")
+    lo, hi, n = value["min"], value["max"], value["num"]
+    _positive_number(f"{where}.min", lo)
+    _positive_number(f"{where}.max", hi)
+    check(hi >= lo, f"{where}: max must be ≥ min")
+    check_positive_int(f"{where}.num", n)
+    values = [lo * (hi / lo) ** (i / (n - 1)) if n > 1 else lo for i in range(n)]
+    if isinstance(lo, int) and isinstance(hi, int):
+        values = [round(v) for v in values]
+    return list(dict.fromkeys(values))
+
+
+def dial_grid(spec: SweepSpec, method: str) -> list[methods.MethodConfig]:
+    """Every combination of the method's grid axes, as validated method configs (spec order)."""
+    table = spec.method.get(method, {})
+    check(isinstance(table, dict), f"method.{method} must be a table of dials")
+    axes = {k: a for k, v in table.items() if (a := _axis(method, k, v)) is not None}
+    fixed = {k: v for k, v in table.items() if k not in axes}
+    cls = methods.config_class(method)
+    combos = itertools.product(*axes.values())
+    return [
+        cls.from_dict({**fixed, **dict(zip(axes, combo, strict=True))}, where=f"[method.{method}]")
+        for combo in combos
+    ]
+
+
+def _candidates(dial: str, arch: Arch) -> list[int]:
+    """Valid values of a dial to choose fit-centred grid points from."""
+    if dial == "rank":
+        return sorted({round(2 ** (k / 4)) for k in range(49)})  # 1 … 4096, four per octave
+    if dial == "reduction":
+        return [r for r in range(1, arch.hidden_size + 1) if arch.hidden_size % r == 0]
+    if dial in ("delta", "side_layers"):
+        return list(range(1, arch.num_layers + 1))
+    raise ScalingError(f"cannot centre dial {dial!r} on a fit")
+
+
+def centred_grid(
+    base: list[methods.MethodConfig], arch: Arch, seq_len: int, target: float, grid: GridSpec
+) -> list[methods.MethodConfig]:
+    """Configs whose trainable-parameter counts lie nearest to ``grid.points`` log-spaced targets
+    within ±``grid.half_width`` decades of ``target``, for each combination of the other axes."""
+    dial = type(base[0]).dial
+    n, h = grid.points, grid.half_width
+    targets = [target * 10 ** (h * (2 * i / (n - 1) - 1)) if n > 1 else target for i in range(n)]
+    out: list[methods.MethodConfig] = []
+    for cfg in dict.fromkeys(b.replace(**{dial: getattr(type(b)(), dial)}) for b in base):
+        sized = []
+        for value in _candidates(dial, arch):
+            try:
+                c = cfg.replace(**{dial: value})
+                sized.append((flops.cost(arch, c, seq_len).trainable_params, c))
+            except ScalingError:
+                continue
+        picks = [min(sized, key=lambda s, t=t: abs(math.log(s[0] / t)))[1] for t in targets]
+        out += sorted(dict.fromkeys(picks), key=lambda c: getattr(c, dial))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything one training job needs; ``runs/<run_id>/spec.json`` holds exactly this."""
+
+    run_id: str
+    sweep: str
+    backbone: str
+    backbone_config: dict[str, Any]
+    method: str
+    method_config: dict[str, Any]
+    dial: str
+    """Readable dial values, e.g. ``reduction=8``."""
+    budget: float
+    seed: int
+    seq_len: int
+    batch_tokens: int
+    micro_batch_size: int
+    grad_accum_steps: int
+    steps: int
+    tokens: int
+    """Realised training tokens: steps × batch_tokens (≈ budget / flops_per_token)."""
+    flops_per_token: float
+    """Executed training FLOPs per token (full-square attention; scaling.flops.cost)."""
+    flops_per_token_causal: float
+    realised_flops: float
+    budget_error: float
+    """realised_flops / budget − 1."""
+    epochs: float | None
+    trainable_params: int
+    backbone_params: int
+    backbone_block_params: int
+    embedding_params: int
+    head_params: int
+    peak_memory_bytes: float
+    fits_gpu: bool | None
+    dataset: dict[str, Any]
+    optimizer: dict[str, Any]
+    status: str = "planned"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def manifest_row(self) -> dict[str, Any]:
+        """One flat manifest row: nested tables become ``dial_*``, ``dataset_*``, ``optimizer_*``."""
+        row = self.to_dict()
+        del row["backbone_config"]
+        for prefix in ("method_config", "dataset", "optimizer"):
+            short = "dial" if prefix == "method_config" else prefix
+            row |= {f"{short}_{k}": _scalar(v) for k, v in row.pop(prefix).items()}
+        return row
+
+
+def _scalar(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropped:
+    """A point left out of the plan, and why."""
+
+    budget: float
+    backbone: str
+    method: str
+    dial: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    spec: SweepSpec
+    budgets: list[float]
+    runs: list[RunSpec]
+    dropped: list[Dropped]
+    warnings: list[str]
+    fit: dict[str, tuple[float, float]] | None = None
+
+    @property
+    def identity(self) -> str:
+        return self.spec.identity()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sweep": self.spec.name,
+            "spec_hash": self.identity,
+            "spec": self.spec.to_dict(),
+            "budgets": self.budgets,
+            "fit": {m: {"A": A, "a": a} for m, (A, a) in self.fit.items()} if self.fit else None,
+            "runs": [r.to_dict() for r in self.runs],
+            "dropped": [dataclasses.asdict(d) for d in self.dropped],
+            "warnings": self.warnings,
+        }
+
+
+def budget_label(budget: float) -> str:
+    """1e18 → '1e18', 3.16e17 → '3.16e17' (three significant digits)."""
+    text = f"{budget:.3g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
+def dial_label(cfg: methods.MethodConfig) -> str:
+    """Short, config-only tag for run ids: ``r8``, ``w112``, ``r8-d2``, ``r64``."""
+    parts = []
+    if cfg.kind == "ladder":
+        parts.append(f"w{cfg.side_width}" if cfg.side_width else f"r{cfg.reduction}")
+        if cfg.name == "xladder":
+            parts.append(f"d{cfg.delta}")
+        if cfg.side_layers:
+            parts.append(f"l{cfg.side_layers}")
+    elif cfg.kind == "lora":
+        parts.append(f"r{cfg.rank}")
+    return "-".join(parts)
+
+
+def _sha1(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def run_id(
+    *, backbone: str, arch: Arch, cfg: methods.MethodConfig, budget: float, seed: int,
+    spec: SweepSpec, optimizer: dict[str, Any],
+) -> str:  # fmt: skip
+    """Readable prefix + sha1 of everything that defines the run's result (not the micro-batch split,
+    which only trades memory for time, nor the constraints, which only choose which runs exist)."""
+    arch_fields = {k: v for k, v in dataclasses.asdict(arch).items() if k != "source"}
+    digest = _sha1(
+        dict(backbone=backbone, arch=arch_fields, method=cfg.name, config=cfg.to_dict(),
+             budget=budget, seed=seed, seq_len=spec.seq_len, batch_tokens=spec.batch_tokens,
+             dataset=spec.dataset.to_dict(), optimizer={**optimizer, "warmup_steps": None})
+    )  # fmt: skip
+    label = dial_label(cfg)
+    return f"{cfg.name}-{label + '-' if label else ''}{budget_label(budget)}-s{seed}-{digest[:8]}"
+
+
+def _axes_label(method: str, spec: SweepSpec, cfg: methods.MethodConfig, placed: bool) -> str:
+    """``reduction=8``: the values of the method's grid axes (its default dial when none)."""
+    table = spec.method.get(method, {})
+    keys = [k for k, v in table.items() if isinstance(v, (list, dict))]
+    dial = type(cfg).dial
+    if dial and (placed or not keys) and dial not in keys:
+        keys.insert(0, dial)
+    return ", ".join(f"{k}={getattr(cfg, k)}" for k in keys)
+
+
+def build_plan(
+    spec: SweepSpec,
+    budgets: list[float] | None = None,
+    *,
+    from_fit: str | Path | dict[str, Any] | None = None,
+    gpu_mem: str | None = None,
+) -> Plan:
+    """Lay out every (budget, backbone, method, dial, seed) run; list dropped points and warnings."""
+    if gpu_mem is not None:
+        spec = spec.replace(constraints=spec.constraints.replace(gpu_mem=gpu_mem))
+    budgets = check_budgets(list(spec.budgets if budgets is None else budgets))
+    fit = load_fit(from_fit) if from_fit is not None else None
+    gpu_mem = spec.constraints.gpu_mem
+    cap = flops.parse_bytes(gpu_mem) if gpu_mem else None
+    grids = {m: dial_grid(spec, m) for m in spec.methods}
+    backbones = {
+        b: resolve_backbone(b, spec.backbone_config.get(b)) for b in dict.fromkeys(spec.backbones)
+    }
+    costs: dict[tuple, Any] = {}
+    runs: list[RunSpec] = []
+    dropped: list[Dropped] = []
+    warnings: list[str] = []
+    if fit is not None:
+        for m in spec.methods:
+            if m not in fit:
+                warnings.append(f"{m}: the fit has no entry for it; its grid is not re-centred")
+    for budget in budgets:
+        cheapest = math.inf
+        for ref, (arch, hf_config) in backbones.items():
+            for m in spec.methods:
+                placed = fit is not None and m in fit and type(grids[m][0]).dial is not None
+                cfgs = grids[m]
+                if placed:
+                    A, a = fit[m]
+                    cfgs = centred_grid(grids[m], arch, spec.seq_len, A * budget**a, spec.grid)
+                kept: list[int] = []
+                for cfg in cfgs:
+                    label = _axes_label(m, spec, cfg, placed)
+                    key = (ref, cfg)
+                    if key not in costs:
+                        try:
+                            costs[key] = (
+                                flops.cost(arch, cfg, spec.seq_len),
+                                flops.memory(arch, cfg, spec.seq_len, spec.micro_batch_size),
+                            )
+                        except ScalingError as e:
+                            costs[key] = str(e)
+                    if isinstance(costs[key], str):
+                        dropped.append(Dropped(budget, ref, m, label, costs[key]))
+                        continue
+                    cost, mem = costs[key]
+                    cheapest = min(cheapest, cost.train_flops_per_token)
+                    made = _runs(spec, budget, ref, arch, hf_config, cfg, label, cost, mem, cap)
+                    if isinstance(made, str):
+                        dropped.append(Dropped(budget, ref, m, label, made))
+                    else:
+                        kept.append(cost.trainable_params)
+                        runs += made
+                where = f"{budget_label(budget)} {ref} {m}"
+                centre = A * budget**a if placed else None
+                warnings += [f"{where}: {w}" for w in grid_warnings(kept, centre)]
+        if cheapest < math.inf and budget < cheapest * spec.batch_tokens / 2:
+            raise ScalingError(
+                f"budget {budget_label(budget)} FLOPs is too small for one optimizer step: the "
+                f"cheapest point needs {budget_label(cheapest * spec.batch_tokens)} FLOPs per step "
+                f"of {spec.batch_tokens} tokens"
+            )
+    return Plan(spec, budgets, runs, dropped, warnings, fit)
+
+
+def _runs(spec, budget, ref, arch, hf_config, cfg, label, cost, mem, cap) -> list[RunSpec] | str:
+    """One run per seed at this point, or the reasons it violates the constraints."""
+    cons = spec.constraints
+    fpt = cost.train_flops_per_token
+    steps = round(budget / fpt / spec.batch_tokens)
+    tokens = steps * spec.batch_tokens
+    realised = tokens * fpt
+    error = realised / budget - 1
+    epochs = tokens / spec.dataset.tokens if spec.dataset.tokens else None
+    reasons = []
+    if steps < cons.min_steps:
+        reasons.append(f"budget too small: {steps} steps < min_steps {cons.min_steps}")
+    elif abs(error) > cons.tolerance:
+        reasons.append(
+            f"{steps} whole steps miss the budget by {error:+.2%} (> {cons.tolerance:.0%})"
+        )
+    if cons.max_epochs is not None and epochs > cons.max_epochs:
+        reasons.append(f"{epochs:.3g} epochs > max_epochs {cons.max_epochs:g}")
+    if cap is not None and not mem.fits(cap):
+        reasons.append(f"peak memory {mem.total / flops.GiB:.1f} GiB > gpu_mem {cons.gpu_mem}")
+    if reasons:
+        return "; ".join(reasons)
+    counts = cost.to_dict()
+    runs = []
+    for seed in spec.seeds:
+        opt = spec.optimizer.for_method(cfg.name, steps)
+        rid = run_id(
+            backbone=ref, arch=arch, cfg=cfg, budget=budget, seed=seed, spec=spec, optimizer=opt
+        )
+        runs.append(
+            RunSpec(
+                run_id=rid, sweep=spec.name, backbone=ref, backbone_config=hf_config,
+                method=cfg.name, method_config=cfg.to_dict(), dial=label, budget=budget, seed=seed,
+                seq_len=spec.seq_len, batch_tokens=spec.batch_tokens,
+                micro_batch_size=spec.micro_batch_size,
+                grad_accum_steps=spec.batch_tokens // (spec.seq_len * spec.micro_batch_size),
+                steps=steps, tokens=tokens, flops_per_token=fpt,
+                flops_per_token_causal=cost.train_flops_per_token_causal, realised_flops=realised,
+                budget_error=error, epochs=epochs, trainable_params=cost.trainable_params,
+                backbone_params=counts["backbone_params"],
+                backbone_block_params=counts["backbone_block_params"],
+                embedding_params=counts["embedding_params"], head_params=counts["head_params"],
+                peak_memory_bytes=mem.total, fits_gpu=None if cap is None else True,
+                dataset=spec.dataset.to_dict(), optimizer=opt,
+            )
+        )  # fmt: skip
+    return runs
+
+
+def grid_warnings(params: list[int], centre: float | None) -> list[str]:
+    """Why an isoFLOP minimum from these trainable-parameter counts may be unreliable."""
+    ns = sorted(set(params))
+    if not ns:
+        return ["no grid point survives the constraints"]
+    out = []
+    if len(ns) < 3:
+        out.append(
+            f"only {len(ns)} grid point(s): a parabola needs ≥ 3 (≥ 2 each side of its minimum)"
+        )
+    if centre is None:
+        half, what = math.log10(ns[-1] / ns[0]) / 2, "its centre"
+    else:
+        below, above = sum(n < centre for n in ns), sum(n > centre for n in ns)
+        what = f"the predicted optimum N*={centre:.3g}"
+        if not ns[0] <= centre <= ns[-1]:
+            out.append(
+                f"{what} lies outside the grid [{ns[0]:.3g}, {ns[-1]:.3g}]: no interior minimum"
+            )
+        elif below < 2 or above < 2:
+            out.append(f"{below} point(s) below and {above} above {what}: want ≥ 2 on each side")
+        half = max(math.log10(ns[-1] / centre), math.log10(centre / ns[0]))
+    if half > WIDE_GRID_DECADES + 1e-9:
+        out.append(
+            f"grid spans ±{half:.3g} decades around {what} (> ±1): wide grids bias the fitted "
+            "N*(C) coefficient (+4% at ±1 decade, +8.5% at ±1.5)"
+        )
+    return out
+
+
+def plan(
+    spec: SweepSpec | str | Path | None,
+    budgets: list[float] | None = None,
+    *,
+    from_fit: str | Path | dict[str, Any] | None = None,
+    gpu_mem: str | None = None,
+) -> list[RunSpec]:
+    """The runs of ``spec`` (a SweepSpec, a TOML path, or None for the default) at ``budgets``."""
+    if not isinstance(spec, SweepSpec):
+        spec = load_spec(spec)
+    return build_plan(spec, budgets, from_fit=from_fit, gpu_mem=gpu_mem).runs
+
+
+# --------------------------------------------------------------------------------------------------
+# Run directory
+
+
+def write(p: Plan, out: str | Path) -> list[RunSpec]:
+    """Write the plan's runs to ``out``; return the runs that were new (none: nothing is touched).
+
+    A fresh directory is filled in a temporary sibling and renamed into place. A directory that
+    already holds this sweep (same :meth:`SweepSpec.identity`) gets only the runs it lacks: each new
+    run directory appears in one rename, then the manifest and ``sweep.json`` are replaced atomically.
+    Anything else there is refused before a byte is written.
+    """
+    import polars as pl
+
+    out = Path(out)
+    if not p.runs:
+        reason = p.dropped[0].reason if p.dropped else "no points"
+        raise ScalingError(f"every point was dropped ({reason}; see --dry-run): nothing to write")
+    old_meta = _existing_sweep(out, p)
+    if old_meta is None:
+        with atomic_dir(out) as tmp:
+            for r in p.runs:
+                write_json(tmp / "runs" / r.run_id / "spec.json", r.to_dict())
+            pl.DataFrame(
+                [r.manifest_row() for r in p.runs], infer_schema_length=None
+            ).write_parquet(tmp / "manifest.parquet")
+            write_json(tmp / "sweep.json", _sweep_meta(p, None))
+        return list(p.runs)
+    manifest = pl.read_parquet(out / "manifest.parquet")
+    have = set(manifest["run_id"].to_list())
+    new = [r for r in p.runs if r.run_id not in have]
+    if not new:
+        return []
+    for r in new:
+        with atomic_dir(out / "runs" / r.run_id) as tmp:
+            write_json(tmp / "spec.json", r.to_dict())
+    rows = pl.DataFrame([r.manifest_row() for r in new], infer_schema_length=None)
+    merged = pl.concat([manifest, rows], how="diagonal_relaxed")
+    fd, tmp_name = tempfile.mkstemp(dir=out, prefix=".manifest.", suffix=".parquet.tmp")
+    os.close(fd)
+    try:
+        merged.write_parquet(tmp_name)
+        os.replace(tmp_name, out / "manifest.parquet")
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    write_json(out / "sweep.json", _sweep_meta(p, old_meta))
+    return new
+
+
+def _existing_sweep(out: Path, p: Plan) -> dict[str, Any] | None:
+    """The ``sweep.json`` of a directory holding this sweep; None for a missing or empty one."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ScalingError(f"output path {out} is a file, not a directory")
+    meta_path = out / "sweep.json"
+    if not meta_path.is_file():
+        if any(out.iterdir()):
+            raise ScalingError(f"output directory {out} is not empty and holds no sweep")
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        ident = meta["spec_hash"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ScalingError(f"output directory {out} has an unreadable sweep.json") from None
+    if ident != p.identity or not (out / "manifest.parquet").is_file():
+        raise ScalingError(
+            f"output directory {out} holds a different sweep ({meta.get('sweep')} {ident}, "
+            f"this one is {p.spec.name} {p.identity}); choose another --out"
+        )
+    return meta
+
+
+def _sweep_meta(p: Plan, old: dict[str, Any] | None) -> dict[str, Any]:
+    entry = {
+        "budgets": p.budgets,
+        "fit": p.to_dict()["fit"],
+        "runs": len(p.runs),
+        "dropped": [dataclasses.asdict(d) for d in p.dropped],
+        "warnings": p.warnings,
+    }
+    budgets = sorted({*p.budgets, *(old or {}).get("budgets", [])})
+    history = [*(old or {}).get("history", []), entry]
+    return {"sweep": p.spec.name, "spec_hash": p.identity, "spec": p.spec.to_dict(),
+            "budgets": budgets, "history": history}  # fmt: skip
