@@ -340,7 +340,8 @@ def _budget(text: str, item: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ScalingError(f"--flops: {item!r} is not a number") from None
+        hint = " (give the spec file before --flops)" if text.endswith(".toml") else ""
+        raise ScalingError(f"--flops: {item!r} is not a number{hint}") from None
     if not (math.isfinite(value) and value > 0):
         raise ScalingError(f"--flops: budgets must be positive and finite; got {item!r}")
     return value

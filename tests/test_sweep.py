@@ -403,6 +403,7 @@ def test_cli_from_fit_and_gpu_mem(tmp_path):
         (["--flops", "abc"], "not a number"),
         (["--flops", "1e18:1e16:3"], "START < STOP"),
         (["--flops", "1e16:1e18:x"], "must be an integer"),
+        (["--flops", "1e18", "spec.toml"], "give the spec file before --flops"),
         (["--flops", "1e10"], "too small for one optimizer step"),
         (["--flops"], "expected at least one argument"),
         ([], "no budgets"),
