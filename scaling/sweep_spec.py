@@ -1,0 +1,422 @@
+"""Sweep specs and planner inputs: the TOML spec dataclasses, budgets, backbones and prior fits.
+
+    >>> from scaling.sweep_spec import load_spec, parse_budgets
+    >>> spec = load_spec("sweeps/quickstart.toml")    # layered over the built-in defaults
+    >>> parse_budgets(["1e16:1e18:3"])
+    [1e+16, 1e+17, 1e+18]
+
+See :mod:`scaling.sweep` for how a spec becomes runs; the spec format is described there too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from scaling import flops, methods
+from scaling.arch import PRESETS, Arch, preset_config, read_hf_config
+from scaling.config import Config, check, check_choice, check_positive_int, tomllib
+from scaling.errors import ScalingError
+
+GENERATOR_KEYS = ("min", "max", "num")
+SCHEDULES = ("cosine", "linear", "constant")
+WIDE_GRID_DECADES = 1.0  # ±1 decade: +4% bias on the N*(C) coefficient (fitting.md)
+
+
+def _positive_number(name: str, value: Any, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    check(
+        ok and math.isfinite(value) and value > 0,
+        f"{name} must be a positive number; got {value!r}",
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatasetSpec(Config):
+    name: str = "synthetic-arithmetic"
+    """Dataset reference the job loads (a registered name or a hub id)."""
+    path: str | None = None
+    """Local data path, when the data are not fetched by name."""
+    tokens: float | None = None
+    """Tokens in one epoch of the dataset; enables the epoch count and ``constraints.max_epochs``."""
+
+    def __post_init__(self) -> None:
+        check(
+            isinstance(self.name, str) and self.name != "",
+            "dataset.name must be a non-empty string",
+        )
+        _positive_number("dataset.tokens", self.tokens, allow_none=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimizerSpec(Config):
+    name: str = "adamw"
+    """Optimizer (AdamW for every method; method.md)."""
+    lr: float = 2e-4
+    """Peak learning rate (QLoRA's 2e-4) unless ``lr_by_method`` names the method."""
+    lr_by_method: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"ladder": 3e-3, "xladder": 3e-3}
+    )
+    """Per-method peak learning rate (LST used 3e-3 for side nets)."""
+    weight_decay: float = 0.0
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "cosine"
+    """LR schedule over exactly the run's planned steps (only end-of-schedule losses are isoFLOP points)."""
+    warmup_fraction: float = 0.05
+    """Warm-up steps = ceil(fraction · steps)."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate / peak learning rate."""
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        check_choice("optimizer.name", self.name, ("adamw",))
+        check_choice("optimizer.schedule", self.schedule, SCHEDULES)
+        _positive_number("optimizer.lr", self.lr)
+        check(isinstance(self.lr_by_method, dict), "optimizer.lr_by_method must be a table")
+        for name, lr in self.lr_by_method.items():
+            methods.config_class(name)
+            _positive_number(f"optimizer.lr_by_method.{name}", lr)
+        check(0 <= self.weight_decay, "optimizer.weight_decay must be ≥ 0")
+        check(len(self.betas) == 2, "optimizer.betas must be two numbers")
+        check(0 <= self.warmup_fraction < 1, "optimizer.warmup_fraction must be in [0, 1)")
+        check(0 <= self.min_lr_ratio <= 1, "optimizer.min_lr_ratio must be in [0, 1]")
+        _positive_number("optimizer.grad_clip", self.grad_clip, allow_none=True)
+
+    def for_method(self, method: str, steps: int) -> dict[str, Any]:
+        """What one run's optimizer needs: the resolved learning rate and warm-up steps."""
+        out = self.to_dict()
+        del out["lr_by_method"]
+        out["lr"] = self.lr_by_method.get(method, self.lr)
+        out["warmup_steps"] = math.ceil(self.warmup_fraction * steps)
+        return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Constraints(Config):
+    min_steps: int = 100
+    """Fewest optimizer steps a run may take; fewer and the point is dropped."""
+    max_epochs: float | None = None
+    """Most passes over the dataset (needs ``dataset.tokens``)."""
+    gpu_mem: str | None = None
+    """GPU memory cap, e.g. ``24GB`` or ``80GiB``; points whose estimated peak exceeds it are dropped."""
+    tolerance: float = 0.01
+    """Largest allowed |realised compute / budget − 1| after rounding to whole steps."""
+
+    def __post_init__(self) -> None:
+        check_positive_int("constraints.min_steps", self.min_steps)
+        _positive_number("constraints.max_epochs", self.max_epochs, allow_none=True)
+        check(0 < self.tolerance < 1, "constraints.tolerance must be in (0, 1)")
+        if self.gpu_mem is not None:
+            try:
+                flops.parse_bytes(str(self.gpu_mem))
+            except ValueError as e:
+                raise ScalingError(f"constraints.gpu_mem: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GridSpec(Config):
+    points: int = 5
+    """Dial values per budget when the grid is centred on a fit (``from_fit``)."""
+    half_width: float = 0.5
+    """Decades of trainable parameters either side of the predicted optimum (fit-centred grids)."""
+
+    def __post_init__(self) -> None:
+        check_positive_int("grid.points", self.points)
+        _positive_number("grid.half_width", self.half_width)
+
+
+SECTIONS: dict[str, type[Config]] = {
+    "dataset": DatasetSpec,
+    "optimizer": OptimizerSpec,
+    "constraints": Constraints,
+    "grid": GridSpec,
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepSpec(Config):
+    name: str = "default"
+    """Sweep name: the default output directory is ``runs/<name>`` (default: the spec file's stem)."""
+    backbones: list[str] = dataclasses.field(default_factory=lambda: ["qwen2.5-0.5b"])
+    """Backbones: presets, model directories, config.json files or hub names; each is a grid axis."""
+    backbone_config: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Inline config.json fields per backbone reference, used while the reference does not resolve."""
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["ladder", "qlora"])
+    """Methods to compare (see ``scaling.methods.REGISTRY``)."""
+    method: dict[str, dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: {
+            "ladder": {"reduction": [2, 4, 8, 16, 32]},
+            "qlora": {"rank": [4, 8, 16, 32, 64, 128]},
+        }
+    )
+    """Dials per method: scalar = fixed, list = grid axis, {min, max, num} = log-spaced grid."""
+    seq_len: int = 1024
+    """Tokens per training sequence."""
+    batch_tokens: int = 65536
+    """Tokens per optimizer step (a multiple of seq_len × micro_batch_size)."""
+    micro_batch_size: int = 1
+    """Sequences per forward/backward pass (gradient accumulation makes up the batch); sets memory."""
+    budgets: list[float] = dataclasses.field(default_factory=list)
+    """Compute budgets in FLOPs, used when none are given on the command line."""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    """One run per seed at every point."""
+    dataset: DatasetSpec = dataclasses.field(default_factory=DatasetSpec)
+    optimizer: OptimizerSpec = dataclasses.field(default_factory=OptimizerSpec)
+    constraints: Constraints = dataclasses.field(default_factory=Constraints)
+    grid: GridSpec = dataclasses.field(default_factory=GridSpec)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str | None = None) -> SweepSpec:
+        data = dict(data)
+        for key, section in SECTIONS.items():
+            if isinstance(data.get(key), dict):
+                data[key] = section.from_dict(data[key], where=f"[{key}] in {where or 'the spec'}")
+        return super().from_dict(data, where=where)
+
+    def __post_init__(self) -> None:
+        check(
+            isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name),
+            f"name must be letters, digits, '.', '_' or '-'; got {self.name!r}",
+        )
+        for key, section in SECTIONS.items():
+            check(isinstance(getattr(self, key), section), f"[{key}] must be a table")
+        check(
+            isinstance(self.backbones, list) and self.backbones != [],
+            "backbones must be a non-empty list",
+        )
+        check(all(isinstance(b, str) for b in self.backbones), "backbones must be strings")
+        check(
+            isinstance(self.methods, list) and self.methods != [],
+            "methods must be a non-empty list",
+        )
+        check(len(set(self.methods)) == len(self.methods), "methods lists a method twice")
+        check(isinstance(self.method, dict), "method must be a table of [method.<name>] tables")
+        for name in [*self.methods, *self.method]:
+            methods.config_class(name)
+        for name in self.methods:
+            dial_grid(self, name)  # validates every combination of dials
+        for key in ("seq_len", "batch_tokens", "micro_batch_size"):
+            check_positive_int(key, getattr(self, key))
+        sequences = self.seq_len * self.micro_batch_size
+        check(
+            self.batch_tokens % sequences == 0,
+            f"batch_tokens ({self.batch_tokens}) must be a multiple of seq_len × micro_batch_size "
+            f"({sequences})",
+        )
+        for b in self.budgets:
+            _positive_number("budgets", b)
+        check(isinstance(self.seeds, list) and self.seeds != [], "seeds must be a non-empty list")
+        for s in self.seeds:
+            check(
+                isinstance(s, int) and not isinstance(s, bool), f"seeds must be integers; got {s!r}"
+            )
+        check(len(set(self.seeds)) == len(self.seeds), "seeds lists a seed twice")
+        check(
+            self.constraints.max_epochs is None or self.dataset.tokens is not None,
+            "constraints.max_epochs needs dataset.tokens (the size of one epoch)",
+        )
+
+    def identity(self) -> str:
+        """Hash of everything but the budgets: what must match to add runs to an existing directory."""
+        data = self.to_dict()
+        del data["budgets"]
+        return _sha1(data)[:12]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; anything else in ``over`` replaces what ``base`` holds."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _layers(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise ScalingError(f"sweep spec not found: {path}")
+    if path.resolve() in seen:
+        raise ScalingError(f"{path} extends itself (through {' → '.join(map(str, seen))})")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ScalingError(f"cannot parse {path}: {e}") from None
+    data.setdefault("name", path.stem)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = _layers(path.parent / str(parent), (*seen, path.resolve()))
+    base.pop("name", None)
+    return _merge(base, data)
+
+
+def load_spec(path: str | Path | None = None, **overrides: Any) -> SweepSpec:
+    """The spec at ``path`` layered over the defaults (``None``: the built-in default spec)."""
+    data = _layers(Path(path)) if path is not None else {}
+    data = _merge(data, overrides)
+    return SweepSpec.from_dict(_merge(SweepSpec().to_dict(), data), where=str(path or "defaults"))
+
+
+def parse_budgets(items: list[str] | str) -> list[float]:
+    """``["1e17", "3e17"]`` or ``["1e16:1e18:5"]`` (geometric, 3 significant digits) → sorted budgets."""
+    out: list[float] = []
+    for item in [items] if isinstance(items, str) else items:
+        parts = str(item).split(":")
+        if len(parts) not in (1, 3):
+            raise ScalingError(f"--flops: {item!r} is neither a number nor a range START:STOP:N")
+        values = [_budget(p, item) for p in parts[:2]]
+        if len(parts) == 1:
+            out.append(values[0])
+            continue
+        start, stop = values
+        try:
+            n = int(parts[2])
+        except ValueError:
+            raise ScalingError(f"--flops: the N of {item!r} must be an integer") from None
+        if n < 2 or stop <= start:
+            raise ScalingError(f"--flops: range {item!r} needs START < STOP and N ≥ 2")
+        out += [float(f"{start * (stop / start) ** (i / (n - 1)):.3g}") for i in range(n)]
+    return check_budgets(out)
+
+
+def _budget(text: str, item: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        hint = " (give the spec file before --flops)" if text.endswith(".toml") else ""
+        raise ScalingError(f"--flops: {item!r} is not a number{hint}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ScalingError(f"--flops: budgets must be positive and finite; got {item!r}")
+    return value
+
+
+def check_budgets(budgets: list[float]) -> list[float]:
+    if not budgets:
+        raise ScalingError(
+            "no budgets: give --flops (e.g. --flops 1e17 1e18) or budgets in the spec"
+        )
+    for b in budgets:
+        _positive_number("budget", b)
+    return sorted({float(b) for b in budgets})
+
+
+def resolve_backbone(ref: str, inline: dict[str, Any] | None = None) -> tuple[Arch, dict[str, Any]]:
+    """(architecture, config.json fields) of a preset, directory, config.json, or cached hub name."""
+    if ref.lower() in PRESETS or Path(ref).exists():
+        cfg = read_hf_config(ref)
+    elif (cached := _hub_cached_config(ref)) is not None:
+        cfg = cached
+    elif inline is not None:
+        cfg = dict(inline)
+    elif "/" in ref and ref.rsplit("/", 1)[-1].lower() in PRESETS:
+        cfg = preset_config(ref.rsplit("/", 1)[-1])
+    else:
+        raise ScalingError(
+            f"backbone not found: {ref} (not a preset, model directory, config.json or cached hub "
+            f'model, and no [backbone_config."{ref}"]); presets: {", ".join(PRESETS)}'
+        )
+    return Arch.from_hf_config(cfg, source=ref), cfg
+
+
+def _hub_cached_config(ref: str) -> dict[str, Any] | None:
+    """A hub model's config.json from the local cache only: planning never touches the network."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(ref, "config.json")
+        return json.loads(Path(path).read_text()) if isinstance(path, str) else None
+    except Exception:  # not installed, bad cache entry: fall through to the other sources
+        return None
+
+
+def load_fit(source: str | Path | dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """``{method: (A, a)}`` with N*(C) = A·C^a from a fit file (schema in the module docstring)."""
+    data = source
+    if not isinstance(source, dict):
+        path = Path(source)
+        if not path.is_file():
+            raise ScalingError(f"fit file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ScalingError(f"unreadable fit file {path}: {e}") from None
+    table = data.get("methods") if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        raise ScalingError(f"fit {source} has no 'methods' table")
+    out = {}
+    for name, entry in table.items():
+        try:
+            law = entry["optimal_params"]
+            A, a = float(law["A"]), float(law["a"])
+        except (KeyError, TypeError, ValueError):
+            raise ScalingError(
+                f"fit {source}: methods.{name}.optimal_params needs numbers A and a"
+            ) from None
+        if not (math.isfinite(A) and A > 0 and math.isfinite(a)):
+            raise ScalingError(f"fit {source}: methods.{name}: A must be positive, a finite")
+        out[name] = (A, a)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Dial grids
+
+
+def _axis(method: str, key: str, value: Any) -> list[Any] | None:
+    """Values of a grid axis; ``None`` for a fixed (scalar) dial."""
+    where = f"method.{method}.{key}"
+    if isinstance(value, list):
+        check(value != [], f"empty dial grid: {where} = []")
+        return value
+    if not isinstance(value, dict):
+        return None
+    unknown = [k for k in value if k not in GENERATOR_KEYS]
+    check(
+        not unknown,
+        f"unknown key {unknown[:1]} in {where}; valid keys: {', '.join(GENERATOR_KEYS)}",
+    )
+    check(all(k in value for k in GENERATOR_KEYS), f"{where} needs min, max and num")
+    lo, hi, n = value["min"], value["max"], value["num"]
+    _positive_number(f"{where}.min", lo)
+    _positive_number(f"{where}.max", hi)
+    check(hi >= lo, f"{where}: max must be ≥ min")
+    check_positive_int(f"{where}.num", n)
+    values = [lo * (hi / lo) ** (i / (n - 1)) if n > 1 else lo for i in range(n)]
+    if isinstance(lo, int) and isinstance(hi, int):
+        values = [round(v) for v in values]
+    return list(dict.fromkeys(values))
+
+
+def dial_grid(spec: SweepSpec, method: str) -> list[methods.MethodConfig]:
+    """Every combination of the method's grid axes, as validated method configs (spec order)."""
+    table = spec.method.get(method, {})
+    check(isinstance(table, dict), f"method.{method} must be a table of dials")
+    axes = {k: a for k, v in table.items() if (a := _axis(method, k, v)) is not None}
+    fixed = {k: v for k, v in table.items() if k not in axes}
+    cls = methods.config_class(method)
+    combos = itertools.product(*axes.values())
+    return [
+        cls.from_dict({**fixed, **dict(zip(axes, combo, strict=True))}, where=f"[method.{method}]")
+        for combo in combos
+    ]
+
+
+def _sha1(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
