@@ -66,7 +66,7 @@ def _pct(x: float) -> str:
 def _count(n: float) -> str:
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
-            return f"{n / scale:#.3g}{unit}"
+            return f"{n / scale:.3g}{unit}"  # 299K, 1.2M, 35.2M
     return str(int(n))
 
 
