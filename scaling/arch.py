@@ -13,11 +13,11 @@ building a randomly initialised twin (no weights are stored or downloaded).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from scaling.errors import ScalingError
+from scaling.io import read_json
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2")
 
@@ -153,10 +153,7 @@ def read_hf_config(model: str | Path) -> dict[str, Any]:
             f"model not found: {model} (not a preset, a model directory or a config.json; "
             f"presets: {', '.join(PRESETS)})"
         )
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ScalingError(f"unreadable config {path}: {e}") from None
+    cfg = read_json(path, "config")
     if not isinstance(cfg, dict):
         raise ScalingError(f"unreadable config {path}: not a JSON object")
     # Multimodal wrappers nest the language model's config; the families we support do not.

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from scaling.errors import ScalingError
+
 
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
@@ -55,3 +57,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file, or raise a one-line :class:`ScalingError` naming ``what`` and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScalingError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ScalingError(f"unreadable {what} {path}: {e}") from None

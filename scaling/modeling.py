@@ -9,7 +9,6 @@ again = methods.load("adapter/")                               # same logits
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -171,10 +170,7 @@ def load_method(directory: str | os.PathLike, backbone: Any = None) -> MethodMod
     meta_path = directory / METHOD_FILE
     if not meta_path.is_file():
         raise ScalingError(f"no saved method in {directory} (missing {METHOD_FILE})")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ScalingError(f"unreadable {meta_path}: {e}") from None
+    meta = io.read_json(meta_path, "method file")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ScalingError(
             f"{meta_path} has format {meta.get('format_version')}, expected {FORMAT_VERSION}"

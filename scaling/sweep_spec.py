@@ -23,6 +23,7 @@ from scaling import flops, methods
 from scaling.arch import PRESETS, Arch, preset_config, read_hf_config
 from scaling.config import Config, check, check_choice, check_positive_int, tomllib
 from scaling.errors import ScalingError
+from scaling.io import read_json
 
 GENERATOR_KEYS = ("min", "max", "num")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -349,13 +350,7 @@ def load_fit(source: str | Path | dict[str, Any]) -> dict[str, tuple[float, floa
     """``{method: (A, a)}`` with N*(C) = A·C^a from a fit file (schema in the module docstring)."""
     data = source
     if not isinstance(source, dict):
-        path = Path(source)
-        if not path.is_file():
-            raise ScalingError(f"fit file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ScalingError(f"unreadable fit file {path}: {e}") from None
+        data = read_json(source, "fit file")
     table = data.get("methods") if isinstance(data, dict) else None
     if not isinstance(table, dict):
         raise ScalingError(f"fit {source} has no 'methods' table")
