@@ -13,6 +13,8 @@ building a randomly initialised twin (no weights are stored or downloaded).
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -141,22 +143,46 @@ def preset_config(name: str) -> dict[str, Any]:
         raise ScalingError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}") from None
 
 
+def hub_cached_config(ref: str) -> dict[str, Any] | None:
+    """A hub model's config.json from the local Hugging Face cache only (never the network)."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(ref, "config.json")
+        return json.loads(Path(path).read_text()) if isinstance(path, str) else None
+    except Exception:  # not installed, bad cache entry: fall through to the other sources
+        return None
+
+
+def preset_alias(ref: str) -> str | None:
+    """The preset a hub id names (``Qwen/Qwen2.5-7B`` → ``qwen2.5-7b``), if any."""
+    if "/" in ref and ref.rsplit("/", 1)[-1].lower() in PRESETS:
+        return ref.rsplit("/", 1)[-1].lower()
+    return None
+
+
 def read_hf_config(model: str | Path) -> dict[str, Any]:
-    """The config dict of a preset name, a model directory, or a ``config.json`` file."""
+    """The config dict of a preset, a model directory, a ``config.json`` file, or a hub id (from the
+    local cache, else the preset of the same name)."""
     if str(model).lower() in PRESETS:
         return preset_config(str(model))
     path = Path(model)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
+        if (cached := hub_cached_config(str(model))) is not None:
+            return cached
+        if (alias := preset_alias(str(model))) is not None:
+            return preset_config(alias)
         raise ScalingError(
-            f"model not found: {model} (not a preset, a model directory or a config.json; "
-            f"presets: {', '.join(PRESETS)})"
+            f"model not found: {model} (not a preset, a model directory, a config.json or a cached "
+            f"hub model; presets: {', '.join(PRESETS)})"
         )
     cfg = read_json(path, "config")
     if not isinstance(cfg, dict):
         raise ScalingError(f"unreadable config {path}: not a JSON object")
-    # Multimodal wrappers nest the language model's config; the families we support do not.
     return cfg
 
 

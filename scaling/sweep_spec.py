@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from scaling import flops, methods
-from scaling.arch import PRESETS, Arch, preset_config, read_hf_config
+from scaling.arch import (
+    PRESETS,
+    Arch,
+    hub_cached_config,
+    preset_alias,
+    preset_config,
+    read_hf_config,
+)
 from scaling.config import Config, check, check_choice, check_positive_int, tomllib
 from scaling.errors import ScalingError
 from scaling.io import read_json
@@ -319,31 +326,18 @@ def resolve_backbone(ref: str, inline: dict[str, Any] | None = None) -> tuple[Ar
     """(architecture, config.json fields) of a preset, directory, config.json, or cached hub name."""
     if ref.lower() in PRESETS or Path(ref).exists():
         cfg = read_hf_config(ref)
-    elif (cached := _hub_cached_config(ref)) is not None:
+    elif (cached := hub_cached_config(ref)) is not None:
         cfg = cached
     elif inline is not None:
         cfg = dict(inline)
-    elif "/" in ref and ref.rsplit("/", 1)[-1].lower() in PRESETS:
-        cfg = preset_config(ref.rsplit("/", 1)[-1])
+    elif (alias := preset_alias(ref)) is not None:
+        cfg = preset_config(alias)
     else:
         raise ScalingError(
             f"backbone not found: {ref} (not a preset, model directory, config.json or cached hub "
             f'model, and no [backbone_config."{ref}"]); presets: {", ".join(PRESETS)}'
         )
     return Arch.from_hf_config(cfg, source=ref), cfg
-
-
-def _hub_cached_config(ref: str) -> dict[str, Any] | None:
-    """A hub model's config.json from the local cache only: planning never touches the network."""
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        path = try_to_load_from_cache(ref, "config.json")
-        return json.loads(Path(path).read_text()) if isinstance(path, str) else None
-    except Exception:  # not installed, bad cache entry: fall through to the other sources
-        return None
 
 
 def load_fit(source: str | Path | dict[str, Any]) -> dict[str, tuple[float, float]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from scaling import methods
@@ -65,3 +67,13 @@ def test_dial_validation(method, dials, message):
 def test_side_layers_out_of_range():
     with pytest.raises(ScalingError, match="side_layers must be in"):
         methods.config("ladder", side_layers=40).geometry(resolve_arch("qwen2.5-7b"))
+
+
+def test_hub_ids_resolve_offline_to_presets():
+    from scaling.arch import preset_alias
+
+    expected = dataclasses.replace(resolve_arch("qwen2.5-7b"), source="Qwen/Qwen2.5-7B")
+    assert resolve_arch("Qwen/Qwen2.5-7B") == expected
+    assert preset_alias("meta-llama/Llama-3.2-1B") == "llama-3.2-1b"
+    with pytest.raises(ScalingError, match="model not found: no-org/no-model"):
+        resolve_arch("no-org/no-model")
