@@ -115,6 +115,9 @@ def centred_grid(
 # --------------------------------------------------------------------------------------------------
 # Planning
 
+SPEC_FORMAT_VERSION = 1
+"""Version of ``runs/<run_id>/spec.json``; ``scaling train`` refuses any other."""
+
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
@@ -152,16 +155,24 @@ class RunSpec:
     peak_memory_bytes: float
     fits_gpu: bool | None
     dataset: dict[str, Any]
+    """The spec's ``[dataset]`` plus ``max_epochs`` (how often the job may repeat the data)."""
     optimizer: dict[str, Any]
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """How the job runs (``[train]``: logging, evaluation, checkpoints); never changes the result."""
     status: str = "planned"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``runs/<run_id>/spec.json`` holds: the run plus the file's format version."""
+        return {"format_version": SPEC_FORMAT_VERSION, **self.to_dict()}
+
     def manifest_row(self) -> dict[str, Any]:
         """One flat manifest row: nested tables become ``dial_*``, ``dataset_*``, ``optimizer_*``."""
         row = self.to_dict()
         del row["backbone_config"]
+        del row["train"]
         for prefix in ("method_config", "dataset", "optimizer"):
             short = "dial" if prefix == "method_config" else prefix
             row |= {f"{short}_{k}": _scalar(v) for k, v in row.pop(prefix).items()}
@@ -371,7 +382,8 @@ def _runs(spec, budget, ref, arch, hf_config, cfg, label, cost, mem, cap) -> lis
                 backbone_block_params=counts["backbone_block_params"],
                 embedding_params=counts["embedding_params"], head_params=counts["head_params"],
                 peak_memory_bytes=mem.total, fits_gpu=None if cap is None else True,
-                dataset=spec.dataset.to_dict(), optimizer=opt,
+                dataset=spec.dataset.to_dict() | {"max_epochs": cons.max_epochs},
+                optimizer=opt, train=spec.train.to_dict(),
             )
         )  # fmt: skip
     return runs
@@ -442,7 +454,7 @@ def write(p: Plan, out: str | Path) -> list[RunSpec]:
     if old_meta is None:
         with atomic_dir(out) as tmp:
             for r in p.runs:
-                write_json(tmp / "runs" / r.run_id / "spec.json", r.to_dict())
+                write_json(tmp / "runs" / r.run_id / "spec.json", r.to_json())
             pl.DataFrame(
                 [r.manifest_row() for r in p.runs], infer_schema_length=None
             ).write_parquet(tmp / "manifest.parquet")
@@ -455,7 +467,7 @@ def write(p: Plan, out: str | Path) -> list[RunSpec]:
         return []
     for r in new:
         with atomic_dir(out / "runs" / r.run_id) as tmp:
-            write_json(tmp / "spec.json", r.to_dict())
+            write_json(tmp / "spec.json", r.to_json())
     rows = pl.DataFrame([r.manifest_row() for r in new], infer_schema_length=None)
     merged = pl.concat([manifest, rows], how="diagonal_relaxed")
     fd, tmp_name = tempfile.mkstemp(dir=out, prefix=".manifest.", suffix=".parquet.tmp")

@@ -33,7 +33,7 @@ from scaling.errors import ScalingError
 from scaling.io import read_json
 
 GENERATOR_KEYS = ("min", "max", "num")
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
 WIDE_GRID_DECADES = 1.0  # ±1 decade: +4% bias on the N*(C) coefficient (fitting.md)
 
 
@@ -50,18 +50,48 @@ def _positive_number(name: str, value: Any, *, allow_none: bool = False) -> None
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DatasetSpec(Config):
     name: str = "synthetic-arithmetic"
-    """Dataset reference the job loads (a registered name or a hub id)."""
+    """A built-in synthetic task (``synthetic-arithmetic``) or a Hugging Face dataset name (needs network
+    and ``pip install datasets``); ignored when ``path`` is given."""
     path: str | None = None
-    """Local data path, when the data are not fetched by name."""
+    """Local data: a ``.jsonl``/``.json``/``.parquet``/``.txt`` file, a directory of them, or a glob."""
     tokens: float | None = None
-    """Tokens in one epoch of the dataset; enables the epoch count and ``constraints.max_epochs``."""
+    """Tokens in one epoch of the dataset; enables the epoch count and ``constraints.max_epochs``.
+    For the synthetic task it also fixes the corpus size (unset: as many fresh examples as a run needs)."""
+    split: str = "train"
+    """Split of a Hugging Face dataset to train on (the held-out split is carved out of it)."""
+    text_field: str = "text"
+    """Column of plain text (packed into sequences)."""
+    prompt_field: str = "prompt"
+    """Column of prompts: with ``response_field`` present, the loss is on responses only."""
+    response_field: str = "response"
+    eval_sequences: int = 64
+    """Held-out sequences of ``seq_len`` tokens, set aside before training (the same for every run)."""
+    seed: int = 0
+    """Data seed: synthetic corpus and held-out split (a run's own seed only orders its batches)."""
+    difficulty: int = 3
+    """Synthetic arithmetic: largest operand length in digits (answers carry chain-of-thought steps)."""
 
     def __post_init__(self) -> None:
         check(
             isinstance(self.name, str) and self.name != "",
             "dataset.name must be a non-empty string",
         )
+        check(
+            self.path is None or (isinstance(self.path, str) and self.path != ""),
+            "dataset.path must be a non-empty string",
+        )
         _positive_number("dataset.tokens", self.tokens, allow_none=True)
+        for key in ("split", "text_field", "prompt_field", "response_field"):
+            value = getattr(self, key)
+            check(
+                isinstance(value, str) and value != "", f"dataset.{key} must be a non-empty string"
+            )
+        check_positive_int("dataset.eval_sequences", self.eval_sequences)
+        check_positive_int("dataset.difficulty", self.difficulty)
+        check(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool),
+            f"dataset.seed must be an integer; got {self.seed!r}",
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,11 +107,15 @@ class OptimizerSpec(Config):
     weight_decay: float = 0.0
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
     schedule: str = "cosine"
-    """LR schedule over exactly the run's planned steps (only end-of-schedule losses are isoFLOP points)."""
+    """LR schedule over exactly the run's planned steps (only end-of-schedule losses are isoFLOP points):
+    ``cosine``, ``linear`` (both decay to ``min_lr_ratio``), ``constant``, or ``wsd`` (warmup-stable-decay:
+    constant, then a linear decay over the last ``decay_fraction`` of the steps; Hägele et al. 2024)."""
     warmup_fraction: float = 0.05
     """Warm-up steps = ceil(fraction · steps)."""
     min_lr_ratio: float = 0.1
     """Final learning rate / peak learning rate."""
+    decay_fraction: float = 0.2
+    """``wsd`` only: fraction of the steps spent decaying."""
     grad_clip: float | None = 1.0
 
     def __post_init__(self) -> None:
@@ -96,6 +130,7 @@ class OptimizerSpec(Config):
         check(len(self.betas) == 2, "optimizer.betas must be two numbers")
         check(0 <= self.warmup_fraction < 1, "optimizer.warmup_fraction must be in [0, 1)")
         check(0 <= self.min_lr_ratio <= 1, "optimizer.min_lr_ratio must be in [0, 1]")
+        check(0 < self.decay_fraction <= 1, "optimizer.decay_fraction must be in (0, 1]")
         _positive_number("optimizer.grad_clip", self.grad_clip, allow_none=True)
 
     def for_method(self, method: str, steps: int) -> dict[str, Any]:
@@ -141,11 +176,39 @@ class GridSpec(Config):
         _positive_number("grid.half_width", self.half_width)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainSpec(Config):
+    """How a job runs, not what it computes: none of this changes a run's result or its id."""
+
+    log_every: int = 10
+    """Optimizer steps per metrics row (the first and last steps are always logged)."""
+    eval_every: int = 0
+    """Optimizer steps between held-out evaluations (0: ~4 per run); the last step always evaluates."""
+    checkpoint_every_minutes: float = 10.0
+    """Wall-clock minutes between checkpoints (and one on SIGTERM/SIGUSR2, how SLURM preempts)."""
+    diverge_ratio: float = 4.0
+    """A run whose smoothed train loss exceeds this × its first loss is stopped as ``diverged``."""
+    keep_checkpoints: int = 1
+    """Checkpoints kept while a run trains (all are removed once it succeeds)."""
+
+    def __post_init__(self) -> None:
+        check_positive_int("train.log_every", self.log_every)
+        check(
+            isinstance(self.eval_every, int) and self.eval_every >= 0,
+            "train.eval_every must be an integer ≥ 0",
+        )
+        _positive_number("train.checkpoint_every_minutes", self.checkpoint_every_minutes)
+        _positive_number("train.diverge_ratio", self.diverge_ratio)
+        check(self.diverge_ratio > 1, "train.diverge_ratio must be > 1")
+        check_positive_int("train.keep_checkpoints", self.keep_checkpoints)
+
+
 SECTIONS: dict[str, type[Config]] = {
     "dataset": DatasetSpec,
     "optimizer": OptimizerSpec,
     "constraints": Constraints,
     "grid": GridSpec,
+    "train": TrainSpec,
 }
 
 
@@ -180,6 +243,7 @@ class SweepSpec(Config):
     optimizer: OptimizerSpec = dataclasses.field(default_factory=OptimizerSpec)
     constraints: Constraints = dataclasses.field(default_factory=Constraints)
     grid: GridSpec = dataclasses.field(default_factory=GridSpec)
+    train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str | None = None) -> SweepSpec:
