@@ -135,6 +135,20 @@ class Arch:
             raise ScalingError(f"config {source or ''} lacks or mangles field {e}") from None
 
 
+# Where each preset's weights live: training a run planned on a preset loads these (network or cache).
+PRESET_HUB_IDS: dict[str, str] = {
+    "llama-2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
+    "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B",
+    "qwen2.5-1.5b": "Qwen/Qwen2.5-1.5B",
+    "qwen2.5-3b": "Qwen/Qwen2.5-3B",
+    "qwen2.5-7b": "Qwen/Qwen2.5-7B",
+    "mistral-7b": "mistralai/Mistral-7B-v0.1",
+}
+
+
 def preset_config(name: str) -> dict[str, Any]:
     """The stored ``config.json`` fields of an architecture preset (a copy)."""
     try:
@@ -158,6 +172,9 @@ def hub_cached_config(ref: str) -> dict[str, Any] | None:
 
 def preset_alias(ref: str) -> str | None:
     """The preset a hub id names (``Qwen/Qwen2.5-7B`` → ``qwen2.5-7b``), if any."""
+    for name, hub_id in PRESET_HUB_IDS.items():
+        if ref.lower() == hub_id.lower():
+            return name
     if "/" in ref and ref.rsplit("/", 1)[-1].lower() in PRESETS:
         return ref.rsplit("/", 1)[-1].lower()
     return None

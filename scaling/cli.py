@@ -4,6 +4,7 @@ scaling flops  --model qwen2.5-7b --method ladder --reduction 8 --seq-len 2048
 scaling memory --model qwen2.5-7b --method qlora --seq-len 2048 --batch-size 1 --gpu-mem 12GB
 scaling demo
 scaling sweep sweeps/qwen2.5-ladder-vs-qlora.toml --flops 1e17:1e19:5 --dry-run
+scaling train runs/quickstart/runs/ladder-r8-1e11-s0-1a2b3c4d
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ EXAMPLES = {
     "memory": "scaling memory --model qwen2.5-7b --method qlora --seq-len 2048 --batch-size 1 --gpu-mem 12GB",
     "demo": "scaling demo --steps 3",
     "sweep": "scaling sweep sweeps/qwen2.5-ladder-vs-qlora.toml --flops 1e17:1e19:5 --dry-run",
+    "train": "scaling train runs/quickstart/runs/ladder-r8-1e11-s0-1a2b3c4d",
 }
 
 
@@ -158,6 +160,23 @@ def _table(rows: list[tuple[str, str]]) -> None:
         print(f"{name:<{width}}  {value}")
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import signal
+
+    from scaling.train import train
+
+    result = train(args.run_dir, force=args.force)
+    status, run = result["status"], result["run_id"]
+    if status == "success":
+        print(f"{run}: success, eval loss {result['final_eval_loss']:.4f} after "
+              f"{result['steps']} steps ({result['tokens']:,} tokens, {result['flops']:.3g} FLOPs)")  # fmt: skip
+        return 0
+    print(f"scaling train: {run} {status}: {result['error']}", file=sys.stderr)
+    if status == "cancelled" and result.get("signal"):
+        return 128 + signal.Signals[result["signal"]].value  # the shell's code for that signal
+    return 0 if status == "diverged" else 1  # diverging is a result; failing is not
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog="scaling",
@@ -207,19 +226,25 @@ def build_parser() -> Parser:
     p.add_argument("--from-fit", metavar="FITS.json", help="centre each budget's grid on a fit")
     p.add_argument("--gpu-mem", help="drop points whose peak memory exceeds this, e.g. 24GB")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+
+    p = add(
+        "train", "train one planned run (resumes from its checkpoint; what jobs call)", cmd_train
+    )
+    p.add_argument("run_dir", help="a run directory: RUN_DIR/runs/<run_id> (holds spec.json)")
+    p.add_argument("--force", action="store_true", help="retrain a finished run from scratch")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        code = args.handler(args)
     except ScalingError as e:
         print(f"scaling {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

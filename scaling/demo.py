@@ -6,16 +6,15 @@ train a few steps, and compare the analytic FLOPs per token with FlopCounterMode
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
-from scaling import flops, measure, methods
+from scaling import data, flops, measure, methods
 from scaling.arch import resolve_arch
+from scaling.modeling import quiet_libraries
 
 DEMO_METHODS = (
     ("full", {}),
@@ -27,7 +26,8 @@ DEMO_METHODS = (
 
 
 def tiny_llama(directory: Path) -> Path:
-    """Save a 4-layer, 128-wide random Llama (GQA, untied head) with ``save_pretrained``."""
+    """Save a 4-layer, 128-wide random Llama (GQA, untied head) and a byte tokenizer with
+    ``save_pretrained``."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     if not (directory / "config.json").is_file():
@@ -37,23 +37,14 @@ def tiny_llama(directory: Path) -> Path:
         )  # fmt: skip
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(cfg).save_pretrained(directory)
+        data.save_byte_tokenizer(directory)  # 259 byte tokens ≤ the 512-token vocabulary
     return directory
-
-
-def _quiet() -> None:
-    """Keep the demo's output to its table: no per-load progress bars or deprecation chatter."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def run_demo(
     steps: int = 3, out: str | None = None, batch: int = 4, seq_len: int = 64
 ) -> list[dict]:
-    _quiet()
+    quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         path = tiny_llama(Path(out) if out else Path(tmp) / "tiny-llama")
         arch = resolve_arch(path)

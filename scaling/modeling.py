@@ -24,6 +24,20 @@ METHOD_FILE = "scaling_method.json"
 FORMAT_VERSION = 1
 
 
+def quiet_libraries() -> None:
+    """Keep output to our own lines: no per-load progress bars, deprecation chatter or notices about
+    optional bitsandbytes CPU kernels."""
+    import logging
+    import warnings
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -53,15 +53,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from scaling import flops, methods
 from scaling.arch import Arch
 from scaling.errors import ScalingError
-from scaling.io import atomic_dir, write_json
+from scaling.io import atomic_dir, write_json, write_parquet
 from scaling.sweep_spec import (  # noqa: F401 (parse_budgets, dial_grid: re-exported API)
     WIDE_GRID_DECADES,
     GridSpec,
@@ -470,14 +468,7 @@ def write(p: Plan, out: str | Path) -> list[RunSpec]:
             write_json(tmp / "spec.json", r.to_json())
     rows = pl.DataFrame([r.manifest_row() for r in new], infer_schema_length=None)
     merged = pl.concat([manifest, rows], how="diagonal_relaxed")
-    fd, tmp_name = tempfile.mkstemp(dir=out, prefix=".manifest.", suffix=".parquet.tmp")
-    os.close(fd)
-    try:
-        merged.write_parquet(tmp_name)
-        os.replace(tmp_name, out / "manifest.parquet")
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+    write_parquet(merged, out / "manifest.parquet")
     write_json(out / "sweep.json", _sweep_meta(p, old_meta))
     return new
 
