@@ -1,0 +1,24 @@
+#!/bin/bash
+
+# Parameters
+#SBATCH --account=lab
+#SBATCH --array=0-5%4
+#SBATCH --constraint=a100
+#SBATCH --cpus-per-task=8
+#SBATCH --error=/RUN_DIR/launch/SUBMISSION/%A_%a_0_log.err
+#SBATCH --gpus-per-node=1
+#SBATCH --job-name=scaling-quickstart
+#SBATCH --mail-type=END
+#SBATCH --mem=32G
+#SBATCH --nodes=1
+#SBATCH --open-mode=append
+#SBATCH --output=/RUN_DIR/launch/SUBMISSION/%A_%a_0_log.out
+#SBATCH --partition=gpu
+#SBATCH --qos=high
+#SBATCH --signal=USR2@90
+#SBATCH --time=90
+#SBATCH --wckey=submitit
+
+# command
+export SUBMITIT_EXECUTOR=slurm
+srun --unbuffered --output /RUN_DIR/launch/SUBMISSION/%A_%a_%t_log.out --error /RUN_DIR/launch/SUBMISSION/%A_%a_%t_log.err /venv/bin/python -u -m submitit.core._submit /RUN_DIR/launch/SUBMISSION
