@@ -26,6 +26,7 @@ EXAMPLES = {
     "demo": "scaling demo --steps 3",
     "sweep": "scaling sweep sweeps/qwen2.5-ladder-vs-qlora.toml --flops 1e17:1e19:5 --dry-run",
     "train": "scaling train runs/quickstart/runs/ladder-r8-1e11-s0-1a2b3c4d",
+    "backbone": "scaling backbone tiny --out runs/backbones",
 }
 
 
@@ -177,6 +178,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if status == "diverged" else 1  # diverging is a result; failing is not
 
 
+def cmd_backbone(args: argparse.Namespace) -> None:
+    from scaling.backbones import build_family
+
+    if args.steps < 1:
+        raise ScalingError(f"--steps must be ≥ 1; got {args.steps}")
+    print(f"tiny backbones in {args.out} ({args.steps} pre-training steps each; cached)")
+    for name, r in build_family(args.out, steps=args.steps, force=args.force).items():
+        print(f"  {name}: {r['params']:,} parameters, eval loss {r['eval_loss']:.3f} "
+              f"(pre-trained in {r['seconds']:.0f} s)")  # fmt: skip
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog="scaling",
@@ -232,6 +244,17 @@ def build_parser() -> Parser:
     )
     p.add_argument("run_dir", help="a run directory: RUN_DIR/runs/<run_id> (holds spec.json)")
     p.add_argument("--force", action="store_true", help="retrain a finished run from scratch")
+
+    p = add("backbone", "build the tiny pre-trained backbone family (offline; for the quickstart)",
+            cmd_backbone)  # fmt: skip
+    p.add_argument(
+        "family", choices=["tiny"], help="which family (tiny: 4-layer Llamas, widths 64-256)"
+    )
+    p.add_argument(
+        "--out", default="runs/backbones", help="where to save them (default: %(default)s)"
+    )
+    p.add_argument("--steps", type=int, default=150, help="pre-training steps per backbone")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
     return parser
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from scaling import data, flops, measure, methods
+from scaling import flops, measure, methods
 from scaling.arch import resolve_arch
+from scaling.backbones import save_random
 from scaling.modeling import quiet_libraries
 
 DEMO_METHODS = (
@@ -26,18 +27,9 @@ DEMO_METHODS = (
 
 
 def tiny_llama(directory: Path) -> Path:
-    """Save a 4-layer, 128-wide random Llama (GQA, untied head) and a byte tokenizer with
-    ``save_pretrained``."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
+    """A random 4-layer, 128-wide Llama (GQA, untied head) with the byte tokenizer, saved once."""
     if not (directory / "config.json").is_file():
-        cfg = LlamaConfig(
-            hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=512, max_position_embeddings=256, tie_word_embeddings=False,
-        )  # fmt: skip
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(cfg).save_pretrained(directory)
-        data.save_byte_tokenizer(directory)  # 259 byte tokens ≤ the 512-token vocabulary
+        save_random(directory, 128)
     return directory
 
 
