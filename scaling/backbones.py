@@ -1,6 +1,6 @@
 """A built-in family of tiny Llama backbones, pre-trained on the spot so fine-tuning them means something.
 
-    scaling backbone tiny                      # → runs/backbones/tiny-llama-{64,128,256}, cached
+    scaling backbone tiny                      # → runs/backbones/tiny-llama-{32,64,128}, cached
 
 Each backbone is a 4-layer Llama (GQA, untied head, the byte tokenizer of :mod:`scaling.data`) at
 one of three widths, pre-trained briefly on synthetic arithmetic of difficulty 2 (data seed 1000) and
@@ -25,7 +25,7 @@ from scaling.errors import ScalingError
 DEFAULT_DIR = Path("runs/backbones")
 TINY_SHAPE = dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
                   max_position_embeddings=256, tie_word_embeddings=False)  # fmt: skip
-TINY_WIDTHS = {64: 176, 128: 352, 256: 704}  # hidden size → MLP size (≈ 2.75×, Llama's ratio)
+TINY_WIDTHS = {32: 88, 64: 176, 128: 352}  # hidden size → MLP size (≈ 2.75×, Llama's ratio)
 PRETRAIN = dict(corpus="synthetic-arithmetic", difficulty=2, data_seed=1000, seq_len=128,
                 batch=8, lr=3e-3, warmup=10, seed=0)  # fmt: skip
 

@@ -248,7 +248,7 @@ def build_parser() -> Parser:
     p = add("backbone", "build the tiny pre-trained backbone family (offline; for the quickstart)",
             cmd_backbone)  # fmt: skip
     p.add_argument(
-        "family", choices=["tiny"], help="which family (tiny: 4-layer Llamas, widths 64-256)"
+        "family", choices=["tiny"], help="which family (tiny: 4-layer Llamas, widths 32-128)"
     )
     p.add_argument(
         "--out", default="runs/backbones", help="where to save them (default: %(default)s)"
