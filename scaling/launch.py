@@ -199,7 +199,10 @@ def default_executor() -> str:
 
 def slurm_parameters(opts: LaunchSpec, *, name: str, minutes: int) -> dict[str, Any]:
     """submitit's native SLURM parameters (``_make_sbatch_string`` names) for these options."""
-    params: dict[str, Any] = {"job_name": name, "time": minutes}
+    # One thread per allocated CPU (torch's default, one per core of the node, oversubscribes a
+    # shared node); a value exported by the user (sbatch passes the environment) wins.
+    setup = ["export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"]
+    params: dict[str, Any] = {"job_name": name, "time": minutes, "setup": setup}
     for key in ("partition", "account", "qos", "constraint", "cpus_per_task", "gpus_per_node",
                 "array_parallelism"):  # fmt: skip
         if getattr(opts, key) is not None:

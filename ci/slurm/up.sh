@@ -38,7 +38,9 @@ record() { grep -v "^$1 " "$BASE/started" > "$BASE/started.tmp" || true
            echo "$1 $2" >> "$BASE/started.tmp"; mv "$BASE/started.tmp" "$BASE/started"; }
 
 # --- slurm.conf: the node line from `slurmd -C`, RealMemory lowered to 90% (above the real value the
-# node goes INVAL and jobs pend forever).
+# node goes INVAL and jobs pend forever). cred_expire (default 120 s) is also how long a requeued job
+# waits before it may start again, and scheduling every second (default 30–60 s) starts it then:
+# both keep the requeue tests short.
 hw=$(slurmd -C | head -n 1)
 mem=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<< "$hw")
 hw=$(sed -e 's/^NodeName=[^ ]* //' -e "s/RealMemory=[0-9]*/RealMemory=$((mem * 9 / 10))/" <<< "$hw")
@@ -47,12 +49,14 @@ ClusterName=ci
 SlurmctldHost=localhost
 SlurmUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=10
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=1,sched_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2

@@ -19,6 +19,9 @@
 #SBATCH --time=90
 #SBATCH --wckey=submitit
 
+# setup
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+
 # command
 export SUBMITIT_EXECUTOR=slurm
 srun --unbuffered --output /RUN_DIR/launch/SUBMISSION/%A_%a_%t_log.out --error /RUN_DIR/launch/SUBMISSION/%A_%a_%t_log.err /venv/bin/python -u -m submitit.core._submit /RUN_DIR/launch/SUBMISSION
