@@ -4,7 +4,7 @@
     >>> out = launch.launch("runs/quickstart", launch.LaunchSpec(executor="slurm", partition="gpu",
     ...                     gpus_per_node=1, mem="32GB", time="auto", throughput=2e14))
     >>> out.job_ids[:2], out.skipped            # ['812_0', '812_1'], {'success': 3, 'running': 1}
-    >>> launch.cancel("runs/quickstart")        # scancel every queued or running job of the sweep
+    >>> status.cancel("runs/quickstart")        # scancel every queued or running job (scaling.status)
 
 Built on submitit (``AutoExecutor`` with an explicit ``cluster``: it would pick SLURM whenever
 ``srun`` is on PATH). Executors:
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import math
 import os
 import re
@@ -326,13 +327,16 @@ class LocalWorker:
 
 def measured_throughput(run_dir: Path) -> dict[str, float]:
     """FLOP/s per method (and ``""`` over all) from the sweep's successful results: realised FLOPs
-    over wall time, start-up and evaluation included (conservative)."""
+    over wall time (start-up and evaluation included), at most the training loop's own rate."""
     per: dict[str, list[float]] = {}
     for path in sorted((run_dir / "runs").glob("*/result.json")):
         r = status.read_json_or_none(path) or {}
         flops, wall = r.get("flops"), r.get("wall_time_s")
         if r.get("status") == "success" and flops and wall and wall > 0:
-            per.setdefault(str(r.get("method")), []).append(float(flops) / float(wall))
+            rate = float(flops) / float(wall)  # a resumed run's wall time is its last attempt's:
+            if r.get("tokens_per_s") and r.get("flops_per_token"):  # bound it by the loop's rate
+                rate = min(rate, float(r["tokens_per_s"]) * float(r["flops_per_token"]))
+            per.setdefault(str(r.get("method")), []).append(rate)
     out = {m: statistics.median(v) for m, v in per.items()}
     if per:
         out[""] = statistics.median([x for v in per.values() for x in v])
@@ -458,7 +462,7 @@ def _submit(executor: str, opts: LaunchSpec, folder: Path, paths: list[str], nam
             calls = [LocalWorker(paths, str(folder), target) for _ in range(workers)]
         else:
             calls = [TrainJob(p, str(folder), target) for p in paths]
-        with ex.batch():
+        with contextlib.redirect_stderr(io.StringIO()), ex.batch():  # sbatch errors: see below
             jobs = [ex.submit(c) for c in calls]
     except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as e:
         shutil.rmtree(folder, ignore_errors=True)

@@ -5,6 +5,7 @@
     >>> [(r.run_id, r.state) for r in s.runs][:2]
     [('ladder-r2-1e11-s0-…', 'success'), ('ladder-r4-1e11-s0-…', 'running')]
     >>> print(status.render(s))                     # the table and a summary line
+    >>> status.cancel("runs/quickstart", only=["lora-r8-1e11-s0-…"])   # scaling cancel
 
 States: ``planned`` (never submitted), ``queued``, ``running``, ``success``, ``failed``, ``diverged``,
 ``cancelled``, ``timed-out``, and ``unknown`` (submitted, no result yet, scheduler unreachable).
@@ -22,6 +23,11 @@ They come from, in order of precedence:
 A result older than the latest submission belongs to an earlier attempt: it still gives progress
 (tokens done, last loss) but never the state. The records (``runs/<id>/launch.json``, written by
 :mod:`scaling.launch`) hold the job ids, so status survives restarts of the launching shell.
+
+Cancelling (``scaling cancel``) acts on queued and running runs only: one ``scancel`` for SLURM (a
+running job gets SIGTERM: it checkpoints and records ``cancelled``); for the local executor a queued
+run is claimed so that no worker starts it and a running one gets SIGTERM. The run's record gets
+``cancelled_at``, so it shows as cancelled however its job ended, and the next launch resubmits it.
 """
 
 from __future__ import annotations
@@ -433,16 +439,23 @@ def wait(run_dir: str | Path, run_ids: list[str] | None = None, *, poll_s: float
 
 @contextlib.contextmanager
 def lock(run_dir: Path) -> Iterator[None]:
-    """Serialise launches and cancels of one run directory (``launch/.lock``)."""
-    (run_dir / "launch").mkdir(exist_ok=True)
-    with open(run_dir / "launch" / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ScalingError(
-                f"another `scaling launch` or `scaling cancel` is using {run_dir}"
-            ) from None
-        yield
+    """Serialise launches and cancels of one run directory (``launch/.lock``; a ``launch/`` folder
+    created here and left holding nothing else is removed again)."""
+    folder = run_dir / "launch"
+    created = not folder.exists()
+    folder.mkdir(exist_ok=True)
+    try:
+        with open(folder / ".lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ScalingError(
+                    f"another `scaling launch` or `scaling cancel` is using {run_dir}"
+                ) from None
+            yield
+    finally:
+        if created and [p.name for p in folder.iterdir()] == [".lock"]:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_only(run_dir: Path, only: list[str] | None) -> None:

@@ -188,3 +188,13 @@ def test_time_out_signal_requeues_and_completes_with_intact_log(
     assert "interrupted by SIGUSR2" in log or "SIGUSR2: checkpoint at step" in log, log[-3000:]
     assert "Requeued job" in log and "Job completed successfully" in log
     assert log.index("Requeued job") < log.rindex("Job completed successfully")
+
+
+def test_rejected_submission_is_one_line_and_records_nothing(cluster, backbone, tmp_path, capsys):
+    rd = tiny_sweep(tmp_path / "rd", backbone, 10, {"lora": {"rank": [4]}})
+    code = launch_cli.main(["launch", str(rd), "--executor", "slurm", "--partition", "nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("scaling launch: error: submission to slurm failed, nothing was recorded")
+    assert "invalid partition" in err
+    assert not (rd / "launch").exists() and not list(rd.glob("runs/*/launch.json"))
