@@ -505,9 +505,13 @@ def cancel(run_dir: str | Path, only: list[str] | None = None) -> list[str]:
                                      timeout=PROBE_TIMEOUT_S)  # fmt: skip
             except (OSError, subprocess.TimeoutExpired) as e:
                 raise ScalingError(f"scancel failed: {e}") from None
-            if out.returncode != 0:
-                first = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[0]
-                raise ScalingError(f"scancel failed: {first}")
+            # A job that ended since squeue answered is not an error; anything else is.
+            benign = ("already completing or completed", "Invalid job id")
+            errors = [
+                x for x in out.stderr.splitlines() if x.strip() and not any(b in x for b in benign)
+            ]
+            if out.returncode != 0 and errors:
+                raise ScalingError(f"scancel failed: {errors[0].strip()}")
         now = time.time()
         for r in active:
             path = run_dir / "runs" / r.run_id / RECORD

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -28,15 +29,17 @@ WAIT_S = 420
 
 
 @pytest.fixture(scope="module")
-def cluster() -> None:
-    if "SLURM_CONF" not in os.environ and DEFAULT_CONF.is_file():
-        os.environ["SLURM_CONF"] = str(DEFAULT_CONF)  # started by ci/slurm/up.sh without eval
-    problem = launch.slurm_problem()
-    if problem is not None:
-        reason = f'no SLURM cluster: {problem}; start one with: eval "$(ci/slurm/up.sh)"'
-        if os.environ.get("SCALING_REQUIRE_SLURM") == "1":
-            pytest.fail(f"SCALING_REQUIRE_SLURM=1 but {reason}")
-        pytest.skip(reason)
+def cluster() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        if "SLURM_CONF" not in os.environ and DEFAULT_CONF.is_file():
+            mp.setenv("SLURM_CONF", str(DEFAULT_CONF))  # ci/slurm/up.sh run without eval
+        problem = launch.slurm_problem()
+        if problem is not None:
+            reason = f'no SLURM cluster: {problem}; start one with: eval "$(ci/slurm/up.sh)"'
+            if os.environ.get("SCALING_REQUIRE_SLURM") == "1":
+                pytest.fail(f"SCALING_REQUIRE_SLURM=1 but {reason}")
+            pytest.skip(reason)
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ if [ ! -s "$BASE/started" ]; then
   log "nothing to stop (no daemons recorded in $BASE/started)"
   exit 0
 fi
-alive() { [ -n "${2:-}" ] && [ -r "/proc/$2/comm" ] && [ "$(cat "/proc/$2/comm")" = "$1" ]; }
+alive() { [ -n "${2:-}" ] && [ -r "/proc/$2/comm" ] && [ "$(cat "/proc/$2/comm" 2>/dev/null)" = "$1" ]; }
 
 pid=$(awk '$1 == "slurmctld" {print $2}' "$BASE/started")
 if [ -f "$SLURM_CONF" ] && alive slurmctld "$pid"; then

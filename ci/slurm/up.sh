@@ -31,7 +31,7 @@ mkdir -p "$BASE"/state "$BASE"/spool "$BASE"/logs
 touch "$BASE/started"
 
 alive() {  # alive NAME PID: the process exists and is the daemon we expect (guards PID reuse)
-  [ -n "${2:-}" ] && [ -r "/proc/$2/comm" ] && [ "$(cat "/proc/$2/comm")" = "$1" ]
+  [ -n "${2:-}" ] && [ -r "/proc/$2/comm" ] && [ "$(cat "/proc/$2/comm" 2>/dev/null)" = "$1" ]
 }
 pid_of() { [ -s "$1" ] && tr -d ' \n' < "$1" || true; }
 record() { grep -v "^$1 " "$BASE/started" > "$BASE/started.tmp" || true
