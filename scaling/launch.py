@@ -351,7 +351,7 @@ def time_limits(run_dir: Path, runs: list[status.RunStatus], opts: LaunchSpec
     measured = {} if opts.throughput else measured_throughput(run_dir)
     if not opts.throughput and not measured:
         return (parse_time(DEFAULT_TIME), {},
-                f"{DEFAULT_TIME}: no throughput figure yet (--throughput FLOP/s or a finished run)")  # fmt: skip
+                "no throughput figure yet: --throughput FLOP/s or a finished run sets it")  # fmt: skip
     est = {}
     for r in runs:
         rate = opts.throughput or measured.get(r.method, measured[""])

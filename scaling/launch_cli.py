@@ -128,7 +128,8 @@ def render_launch(out: launch.Launched) -> str:
         where = f" as {_describe_jobs(jobs)}" if jobs else ""
         lines.append(f"submitted {len(out.run_ids)} run(s) to {out.executor}{where} in "
                      f"{out.wall_s:.2f} s (submission {out.submission})")  # fmt: skip
-    lines.append(f"time limit {limit} per job ({out.time_source})")
+    if out.executor == "slurm":
+        lines.append(f"time limit {limit} per job ({out.time_source})")
     if skipped:
         lines.append(f"skipped: {skipped}")
     if not out.dry_run:

@@ -406,7 +406,7 @@ def render(s: SweepStatus) -> str:
         return "  ".join(cells).rstrip()
 
     d = s.to_dict()["summary"]
-    lines = [f"sweep {s.sweep or '?'} in {s.run_dir}: {len(s.runs)} runs", "",
+    lines = [f"sweep {s.sweep or '?'} in {s.run_dir}: {len(s.runs)} run(s)", "",
              fmt(header), *map(fmt, rows)]  # fmt: skip
     errors = [r for r in s.runs if r.error and r.state in ("failed", "timed-out", "unknown")]
     if errors:

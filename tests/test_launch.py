@@ -352,7 +352,7 @@ def test_status_cli_table_and_json(run_dir, capsys):
     launch.launch(run_dir, {"executor": "debug"}, only=ids(run_dir)[:2], target=fake_train)
     code, text, _ = cli("status", str(run_dir), capsys=capsys)
     assert code == 0
-    assert text.splitlines()[0] == f"sweep quickstart in {run_dir}: 6 runs"
+    assert text.splitlines()[0] == f"sweep quickstart in {run_dir}: 6 run(s)"
     assert "tokens done/planned" in text and "100%" in text and "2.5000" in text
     assert "summary: 4 planned, 2 success; compute " in text
     code, text, _ = cli("status", str(run_dir), "--json", capsys=capsys)
