@@ -190,6 +190,7 @@ def test_time_out_signal_requeues_and_completes_with_intact_log(
     assert log.count("Starting with JobEnvironment") == 2, log[-3000:]
     assert "interrupted by SIGUSR2" in log or "SIGUSR2: checkpoint at step" in log, log[-3000:]
     assert "Requeued job" in log and "Job completed successfully" in log
+    assert log.count(f": step 1/{result['planned_steps']} ") == 1  # resumed, not restarted
     assert log.index("Requeued job") < log.rindex("Job completed successfully")
 
 
