@@ -5,6 +5,8 @@ scaling memory --model qwen2.5-7b --method qlora --seq-len 2048 --batch-size 1 -
 scaling demo
 scaling sweep sweeps/qwen2.5-ladder-vs-qlora.toml --flops 1e17:1e19:5 --dry-run
 scaling train runs/quickstart/runs/ladder-r8-1e11-s0-1a2b3c4d
+scaling launch runs/quickstart --executor slurm --partition gpu --gpus-per-node 1
+scaling status runs/quickstart
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import types
 import typing
 
-from scaling import flops, methods
+from scaling import flops, launch_cli, methods
 from scaling.arch import PRESETS, resolve_arch
 from scaling.errors import ScalingError
 
@@ -143,12 +145,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from scaling.sweep_cli import run_sweep
+    from scaling.sweep import load_spec
+    from scaling.sweep_cli import output_dir, run_sweep
 
     print(
         run_sweep(args.spec, flops_args=args.flops, out=args.out, dry_run=args.dry_run,
                   from_fit=args.from_fit, gpu_mem=args.gpu_mem, as_json=args.json)
     )  # fmt: skip
+    if args.submit and not args.dry_run:
+        print(launch_cli.launch_from_args(str(output_dir(load_spec(args.spec), args.out)), args))
 
 
 def _describe(cfg) -> str:
@@ -238,6 +243,9 @@ def build_parser() -> Parser:
     p.add_argument("--from-fit", metavar="FITS.json", help="centre each budget's grid on a fit")
     p.add_argument("--gpu-mem", help="drop points whose peak memory exceeds this, e.g. 24GB")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.add_argument("--submit", action="store_true",
+                   help="then launch the new runs (as `scaling launch OUT`, with the options below)")  # fmt: skip
+    launch_cli.add_launch_options(p)
 
     p = add(
         "train", "train one planned run (resumes from its checkpoint; what jobs call)", cmd_train
@@ -255,6 +263,10 @@ def build_parser() -> Parser:
     )
     p.add_argument("--steps", type=int, default=150, help="pre-training steps per backbone")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
+
+    for name, (help_, example, add_arguments, run) in launch_cli.COMMANDS.items():
+        EXAMPLES[name] = example
+        add_arguments(add(name, help_, run))
     return parser
 
 

@@ -31,7 +31,7 @@ def run_sweep(
     spec = sweep.load_spec(spec_path)
     budgets = sweep.parse_budgets(flops_args) if flops_args else None
     p = sweep.build_plan(spec, budgets, from_fit=from_fit, gpu_mem=gpu_mem)
-    target = Path(out) if out else Path("runs") / spec.name
+    target = output_dir(spec, out)
     new = None if dry_run else sweep.write(p, target)
     if as_json:
         extra = {
@@ -41,6 +41,11 @@ def run_sweep(
         }
         return json.dumps(p.to_dict() | extra, indent=2, default=str)
     return render(p) + "\n" + _footer(p, target, new)
+
+
+def output_dir(spec: sweep.SweepSpec, out: str | None) -> Path:
+    """Where a sweep is written: ``--out``, else ``runs/<spec name>``."""
+    return Path(out) if out else Path("runs") / spec.name
 
 
 def _footer(p: sweep.Plan, target: Path, new: list[sweep.RunSpec] | None) -> str:

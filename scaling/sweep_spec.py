@@ -31,6 +31,7 @@ from scaling.arch import (
 from scaling.config import Config, check, check_choice, check_positive_int, tomllib
 from scaling.errors import ScalingError
 from scaling.io import read_json
+from scaling.launch import LaunchSpec
 
 GENERATOR_KEYS = ("min", "max", "num")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
@@ -209,6 +210,7 @@ SECTIONS: dict[str, type[Config]] = {
     "constraints": Constraints,
     "grid": GridSpec,
     "train": TrainSpec,
+    "launch": LaunchSpec,
 }
 
 
@@ -244,6 +246,8 @@ class SweepSpec(Config):
     constraints: Constraints = dataclasses.field(default_factory=Constraints)
     grid: GridSpec = dataclasses.field(default_factory=GridSpec)
     train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
+    launch: LaunchSpec = dataclasses.field(default_factory=LaunchSpec)
+    """Submission defaults for ``scaling launch`` / ``sweep --submit`` (flags win)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str | None = None) -> SweepSpec:
@@ -297,9 +301,10 @@ class SweepSpec(Config):
         )
 
     def identity(self) -> str:
-        """Hash of everything but the budgets: what must match to add runs to an existing directory."""
+        """Hash of everything but the budgets and the submission settings: what must match to add
+        runs to an existing directory."""
         data = self.to_dict()
-        del data["budgets"]
+        del data["budgets"], data["launch"]
         return _sha1(data)[:12]
 
 

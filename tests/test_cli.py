@@ -112,3 +112,30 @@ def test_unreadable_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8}))
     out = run("flops", "--model", str(tmp_path), "--method", "qlora", "--seq-len", "8")
     assert out.returncode == 2 and "unsupported model family 'gpt2'" in out.stderr
+
+
+def test_sweep_submit_plans_trains_and_reports(tmp_path, capsys):
+    """`scaling sweep --submit` = plan + `scaling launch`: here in-process (debug), with real training."""
+    from conftest import make_tiny
+
+    from scaling import cli, data
+
+    model = make_tiny("llama", tmp_path / "tiny")
+    data.save_byte_tokenizer(model)
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        f'name = "s"\nbackbones = ["{model}"]\nmethods = ["ladder"]\nseq_len = 32\n'
+        "batch_tokens = 64\nmicro_batch_size = 2\nbudgets = [4e8]\n"
+        "[method.ladder]\nreduction = [4, 8]\nquantization = \"none\"\n"
+        "[dataset]\neval_sequences = 2\n[constraints]\nmin_steps = 5\n"
+    )
+    out = tmp_path / "runs"
+    assert cli.main(["sweep", str(spec), "--out", str(out), "--submit", "--executor", "debug"]) == 0
+    text = capsys.readouterr().out
+    assert "wrote 2 new run(s)" in text and "submitted 2 run(s) to debug" in text
+    assert "2 success" in text  # the status table after the in-process runs
+    results = [json.loads(p.read_text()) for p in out.glob("runs/*/result.json")]
+    assert sorted(r["status"] for r in results) == ["success", "success"]
+    # Submitting again: nothing left to launch.
+    assert cli.main(["sweep", str(spec), "--out", str(out), "--submit", "--executor", "debug"]) == 0
+    assert "nothing to launch" in capsys.readouterr().out
