@@ -181,10 +181,15 @@ def lbfgs_batched(
             good = pending[ok]
             xn[good], fn[good], gn[good] = trial[ok], ft[ok], gt[ok]
             accepted[good] = True
+            # Backtrack to the minimum of the quadratic through f(0), f'(0) and f(step), kept
+            # within [0.1, 0.5]·step (a plain halving where f was not finite).
+            t, dec, ft, f0 = step[pending][~ok], dec[~ok], ft[~ok], f[pending][~ok]
             pending = pending[~ok]
             if pending.size == 0:
                 break
-            step[pending] *= 0.5
+            with np.errstate(divide="ignore", invalid="ignore"):
+                q = -dec * t / (2 * (ft - f0 - dec))
+            step[pending] = np.where(np.isfinite(q), np.clip(q, 0.1 * t, 0.5 * t), 0.5 * t)
         sv, yv = xn - x, gn - g
         sy = np.einsum("sp,sp->s", sv, yv)
         yy = np.einsum("sp,sp->s", yv, yv)
