@@ -126,7 +126,7 @@ def test_sweep_submit_plans_trains_and_reports(tmp_path, capsys):
     spec.write_text(
         f'name = "s"\nbackbones = ["{model}"]\nmethods = ["ladder"]\nseq_len = 32\n'
         "batch_tokens = 64\nmicro_batch_size = 2\nbudgets = [4e8]\n"
-        "[method.ladder]\nreduction = [4, 8]\nquantization = \"none\"\n"
+        '[method.ladder]\nreduction = [4, 8]\nquantization = "none"\n'
         "[dataset]\neval_sequences = 2\n[constraints]\nmin_steps = 5\n"
     )
     out = tmp_path / "runs"
