@@ -51,7 +51,7 @@ from scaling.frontier import (  # noqa: F401 (re-exported API)
     FlopsModel,
     FrontierLaw,
     PowerLaw,
-    _ci_json,
+    ci_json,
     fit_flops_model,
     fit_frontier_law,
     fit_power_law,
@@ -124,7 +124,7 @@ class ChinchillaFit:
         d["n_opt"] = self.n_opt and self.n_opt.to_json()
         d["d_opt"] = self.d_opt and self.d_opt.to_json()
         d["compute_range"], d["n_range"] = list(self.c_range), list(self.n_range)
-        d["ci"] = _ci_json(self.ci)
+        d["ci"] = ci_json(self.ci)
         return d
 
 
@@ -228,7 +228,7 @@ class Prediction:
     ci: CI = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"ci": _ci_json(self.ci)}
+        return dataclasses.asdict(self) | {"ci": ci_json(self.ci)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +264,7 @@ class OptimalParams:
 
     def to_json(self) -> dict[str, Any]:
         return {"A": self.A, "a": self.a, "source": self.source, "n": self.n,
-                "ci": _ci_json(self.ci)}  # fmt: skip
+                "ci": ci_json(self.ci)}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

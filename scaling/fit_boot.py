@@ -12,6 +12,7 @@ fit is undefined (e.g. no interior minimum left) are counted and reported, not s
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -241,8 +242,6 @@ def _law_samples(nl, dl, ll, evalC, r, failed) -> dict[str, Any]:
 
 
 def _with_ci(a3: ChinchillaFit, boot: dict, level: float) -> ChinchillaFit:
-    import dataclasses
-
     if not boot:
         return a3
     ci = _cis(boot["params"], level)
@@ -257,8 +256,6 @@ def _sub(ci: dict, prefix: str) -> dict:
 
 
 def _isoflop_ci(a2: IsoFLOPFit, boot: dict, level: float) -> IsoFLOPFit:
-    import dataclasses
-
     ci = _cis(boot["params"], level)
     parabolas = []
     for g, p in enumerate(a2.parabolas):
@@ -274,8 +271,6 @@ def _isoflop_ci(a2: IsoFLOPFit, boot: dict, level: float) -> IsoFLOPFit:
 
 
 def _envelope_ci(a1: EnvelopeFit, boot: dict, level: float) -> EnvelopeFit:
-    import dataclasses
-
     ci = _cis(boot["params"], level)
     return dataclasses.replace(
         a1,

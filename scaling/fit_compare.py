@@ -83,7 +83,8 @@ def compare(methods: dict, spec: FitSpec) -> dict[str, Any]:
         for j, c in enumerate(refs):
             value = compute_multiplier(grid, curves[a][0], np.array([at_ref[b][0][j]]), c)[0]
             entry = {"method": a, "versus": b, "C": c, "source": [source[a], source[b]],
-                     "multiplier": _num(value), "reached": bool(np.isfinite(value)),
+                     "multiplier": _num(value),
+                     "reached": None if np.isnan(value) else bool(np.isfinite(value)),
                      "ci": None, "unreached_fraction": None}  # fmt: skip
             if curves[a][1] is not None and at_ref[b][1] is not None:
                 r = min(len(curves[a][1]), len(at_ref[b][1]))

@@ -227,7 +227,11 @@ def _comparison(c: dict) -> str:
     lines = [f"method comparison ({c['source']} frontiers):"]
     for m in c["multipliers"]:
         v = m["multiplier"]
-        text = "never reaches it" if v is None else f"{v:.3g}×"
+        if v is None:
+            text = "undefined" if m.get("reached") is None else "never reaches it"
+            lines.append(f"  {m['method']} vs {m['versus']} at C={_g(m['C'])}: {text}")
+            continue
+        text = f"{v:.3g}×"
         ci = f" [{m['ci'][0]:.3g}, {m['ci'][1]:.3g}]" if m["ci"] else ""
         un = m.get("unreached_fraction")
         tail = f" ({un:.0%} of resamples never reach it)" if un else ""

@@ -39,7 +39,7 @@ class PowerLaw:
         return self.A * np.asarray(C, dtype=float) ** self.a
 
     def to_json(self) -> dict:
-        return {"A": self.A, "a": self.a, "n_points": self.n_points, "ci": _ci_json(self.ci)}
+        return {"A": self.A, "a": self.a, "n_points": self.n_points, "ci": ci_json(self.ci)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +67,14 @@ class FrontierLaw:
     def to_json(self) -> dict:
         return {"E": self.E, "A": self.A, "alpha": self.alpha, "form": self.form,
                 "n_points": self.n_points, "objective": self.objective,
-                "ci": _ci_json(self.ci)}  # fmt: skip
+                "ci": ci_json(self.ci)}  # fmt: skip
 
 
 MIN_SATURATING = 4
 
 
-def _ci_json(ci: CI) -> dict:
+def ci_json(ci: CI) -> dict:
+    """Intervals as JSON lists: {name: [lo, hi]}."""
     return {k: [lo, hi] for k, (lo, hi) in ci.items()}
 
 

@@ -28,7 +28,7 @@ from scaling.frontier import (
     CI,
     FrontierLaw,
     PowerLaw,
-    _ci_json,
+    ci_json,
     fit_frontier_law,
     fit_power_law,
 )
@@ -66,7 +66,7 @@ class Parabola:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        d["ci"] = _ci_json(self.ci)
+        d["ci"] = ci_json(self.ci)
         return d
 
 

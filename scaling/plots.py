@@ -30,6 +30,16 @@ LABEL = {"approach3": "approach 3 (L(N,D))", "approach2": "approach 2 (isoFLOP m
          "approach1": "approach 1 (envelope)"}  # fmt: skip
 
 
+def _log(ax, *, x: bool = True, y: bool = False) -> None:
+    """Log axes without minor tick labels (they collide when a range spans less than a decade)."""
+    from matplotlib.ticker import NullFormatter
+
+    for on, axis, set_scale in ((x, ax.xaxis, ax.set_xscale), (y, ax.yaxis, ax.set_yscale)):
+        if on:
+            set_scale("log")
+            axis.set_minor_formatter(NullFormatter())
+
+
 def _colors(names) -> dict[str, str]:
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     return {m: cycle[i % len(cycle)] for i, m in enumerate(names)}
@@ -64,7 +74,7 @@ def isoflop(report: FitReport):
                 if "n_opt" in par.ci:
                     lo, hi = par.ci["n_opt"]
                     ax.plot([lo, hi], [par.loss_opt] * 2, color="k", lw=1)
-        ax.set_xscale("log")
+        _log(ax)
         ax.set_xlabel(f"N ({report.spec.n} parameters)")
         ax.set_ylabel("loss")
         ax.set_title(f"{m}: isoFLOP curves (★ interior minimum, ○ edge)")
@@ -89,7 +99,7 @@ def frontier(report: FitReport):
             ok = [p for p in mf.approach2.parabolas if p.status == "ok"]
             ax.plot([p.budget for p in ok], [p.loss_opt for p in ok], "*", color=c, mec="k", ms=10)
         ax.axvline(mf.points.budgets.max(), color=c, lw=0.5, alpha=0.5)
-    ax.set_xscale("log")
+    _log(ax)
     ax.set_xlabel("training FLOPs C")
     ax.set_ylabel("loss")
     ax.set_title("compute frontier L*(C) (bands: bootstrap interval; | largest fitted budget)")
@@ -124,8 +134,7 @@ def optimal(report: FitReport):
                     lo, hi = p.ci[attr]
                     yerr = [[max(v - lo, 0)], [max(hi - v, 0)]]
                 ax.errorbar([p.budget], [v], yerr=yerr, fmt="o", color=c, mec="k", capsize=3)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log(ax, x=True, y=True)
         ax.set_xlabel("training FLOPs C")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
@@ -149,7 +158,7 @@ def residuals(report: FitReport):
             ax.scatter(x, r, s=10, color=colors[m], label=m)
     for ax, name in zip(axes, ("N", "D (tokens)", "C (FLOPs)"), strict=True):
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xscale("log")
+        _log(ax)
         ax.set_xlabel(name)
         ax.set_ylabel("log L − log L̂ (approach 3)")
         ax.legend(fontsize=7)
@@ -176,8 +185,7 @@ def isoloss(report: FitReport):
         n_opt, d_opt, _ = a3.optimal(cs_)
         ax.plot(n_opt, d_opt, "r-", lw=1.5, label="compute-optimal N*(C), D*(C)")
         ax.scatter(p.N, p.D, c=p.L, s=12, cmap="viridis", edgecolors="k", linewidths=0.3)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log(ax, x=True, y=True)
         ax.set_xlim(ns[0], ns[-1])
         ax.set_ylim(ds[0], ds[-1])
         ax.set_xlabel(f"N ({report.spec.n} parameters)")
@@ -202,7 +210,7 @@ def envelope(report: FitReport):
         if mf.approach1.loss is not None:
             cs = np.geomspace(e.C.min(), e.C.max(), 100)
             ax.plot(cs, mf.approach1.loss(cs), color=colors[m], lw=1)
-    ax.set_xscale("log")
+    _log(ax)
     ax.set_xlabel("training FLOPs C")
     ax.set_ylabel("lowest logged loss")
     ax.set_title("approach 1: envelope of training curves")
