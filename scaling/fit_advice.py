@@ -27,7 +27,8 @@ from scaling.errors import ScalingError
 from scaling.fit_boot import _interval
 from scaling.fit_spec import FitSpec
 
-NEEDED = ("backbone", "backbone_config", "method_config", "seq_len", "micro_batch_size")
+CONFIG = ("method", "backbone", "backbone_config", "method_config", "seq_len", "micro_batch_size")
+NEEDED = ("run_id", *CONFIG)
 
 
 def _dial_key(cfg) -> str | None:
@@ -99,16 +100,17 @@ def advise(table, fits: dict, spec: FitSpec) -> list[dict[str, Any]]:
         a3 = mf.approach3
         if a3 is None:
             continue
-        rows = table.filter(pl.col("method") == m)
+        rows = table.filter(pl.col("run_id").is_in(list(mf.points.run_id)))
         groups = {}
-        for r in rows.select(NEEDED).unique().iter_rows(named=True):
-            key = (r["backbone"], r["backbone_config"], r["seq_len"], r["micro_batch_size"])
+        for r in rows.select(CONFIG).unique().iter_rows(named=True):
+            key = (r["method"], r["backbone"], r["backbone_config"], r["seq_len"],
+                   r["micro_batch_size"])  # fmt: skip
             groups.setdefault(key, []).append(json.loads(r["method_config"]))
         theta = mf.samples.get("approach3", {}).get("theta")
-        for (ref, bc, seq_len, mbs), configs in groups.items():
+        for (name, ref, bc, seq_len, mbs), configs in groups.items():
             arch = Arch.from_hf_config(json.loads(bc), source=ref)
             cands = []
-            for cfg in candidates(m, configs, arch):
+            for cfg in candidates(name, configs, arch):
                 try:
                     cost = flops.cost(arch, cfg, int(seq_len))
                 except (ScalingError, ValueError):

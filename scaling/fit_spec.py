@@ -252,6 +252,9 @@ class Columns:
     run_id: str | None = None
     status: str | None = None
     error: str | None = None
+    backbone: str | None = None
+    """With several backbones in the table, each method is fitted per backbone (``method@backbone``):
+    a law in trainable parameters does not carry over from one backbone to another."""
 
     @classmethod
     def for_runs(cls, spec: FitSpec) -> Columns:
@@ -261,7 +264,7 @@ class Columns:
             loss={"final_eval": "final_eval_loss", "last_k_eval": "last_k_eval_loss",
                   "final_train": "final_train_loss"}[spec.loss],
             tokens="tokens", flops="flops", method="method", budget="budget", run_id="run_id",
-            status="status", error="error",
+            status="status", error="error", backbone="backbone",
         )  # fmt: skip
 
 
@@ -328,7 +331,7 @@ def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -
     if table.height == 0:
         raise ScalingError(f"{source} is empty: nothing to fit")
     need = [c for c in (cols.params, cols.loss, cols.tokens, cols.flops, cols.method,
-                        cols.budget, cols.run_id, cols.status, cols.error) if c]  # fmt: skip
+                        cols.budget, cols.run_id, cols.status, cols.error, cols.backbone) if c]  # fmt: skip
     missing = [c for c in need if c not in table.columns]
     if missing:
         raise ScalingError(
@@ -349,6 +352,17 @@ def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -
     method = np.array(
         [str(v) for v in col(cols.method, "all")] if cols.method else ["all"] * n, dtype=object
     )
+    base = method.copy()  # the method itself, for spec.methods
+    if cols.backbone:
+        backbone = np.array([str(v) for v in col(cols.backbone)], dtype=object)
+        several = {m: len(set(backbone[method == m])) > 1 for m in set(method)}
+        if any(several.values()):
+            method = np.array([f"{m}@{b}" if several[m] else m
+                               for m, b in zip(method, backbone, strict=True)], dtype=object)  # fmt: skip
+            warnings.append(
+                "several backbones: methods are fitted per backbone (method@backbone); "
+                "`scaling sweep --from-fit` reads plain method names only"
+            )
     status = col(cols.status, "success") if cols.status else np.full(n, "success", dtype=object)
     error = col(cols.error) if cols.error else np.full(n, None, dtype=object)
 
@@ -376,7 +390,7 @@ def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -
     for i in range(n):
         rid, m = run_id[i], method[i]
         reason = kind = None
-        if wanted and m not in wanted:
+        if wanted and base[i] not in wanted:
             keep[i] = False  # not asked for: not an exclusion
             continue
         if rid in excluded_ids:
@@ -398,10 +412,10 @@ def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -
             keep[i] = False
             exclusions.append(Exclusion(rid, m, reason, kind))
     if wanted:
-        absent = sorted(wanted - set(method))
+        absent = sorted(wanted - set(base))
         if absent:
             raise ScalingError(
-                f"method {absent[0]!r} not in {source}; methods: {', '.join(sorted(set(method)))}"
+                f"method {absent[0]!r} not in {source}; methods: {', '.join(sorted(set(base)))}"
             )
     if not keep.any():
         counts: dict[str, int] = {}

@@ -362,3 +362,14 @@ def test_memory_advice_needs_sweep_configs():
     spec = small_spec(bootstrap={"resamples": 0}, predict=[1e20], gpu_mem="12GB")
     with pytest.raises(ScalingError, match="--gpu-mem needs runs from a sweep directory"):
         fit.fit(table(chinchilla_rows()), spec, csv_cols())
+
+
+def test_several_backbones_are_fitted_separately():
+    rows = [r | {"bb": bb, "m": "ladder"} for bb in ("small", "big") for r in chinchilla_rows()]
+    for r in rows[len(rows) // 2 :]:
+        r["L"] += 0.3  # a different backbone: a different law
+    spec = small_spec(bootstrap={"resamples": 0}, holdout={"budgets": 0}, methods=["ladder"])
+    report = fit.fit(table(rows), spec, csv_cols(method="m", backbone="bb"))
+    assert set(report.methods) == {"ladder@small", "ladder@big"}
+    assert report.methods["ladder@small"].approach3.E == pytest.approx(1.69, rel=1e-4)
+    assert any("fitted per backbone" in w for w in report.warnings)
