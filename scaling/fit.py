@@ -150,8 +150,8 @@ def fit_approach3(points: Points, spec: FitSpec, starts: np.ndarray | None = Non
     fm = fit_flops_model(points.N, points.fpt)
     c_range = (float(points.C.min()), float(points.C.max()))
     n_law = d_law = gamma = None
-    if al > 0 and be > 0 and c_range[1] > c_range[0] * 1.01:
-        grid = np.geomspace(*c_range, 16)
+    if al > 0 and be > 0:
+        grid = law_grid(c_range)
         N, D, L = optimal_allocation(np.array(fit.theta), fm, grid)
         if np.isfinite(N).all():
             n_law, d_law = fit_power_law(grid, N), fit_power_law(grid, D)
@@ -165,6 +165,14 @@ def fit_approach3(points: Points, spec: FitSpec, starts: np.ndarray | None = Non
         d_opt=d_law, c_range=c_range, n_range=(float(points.N.min()), float(points.N.max())),
         loss_exponent=gamma,
     )  # fmt: skip
+
+
+def law_grid(c_range: tuple[float, float]) -> np.ndarray:
+    """Compute values N*(C), D*(C) and L*(C) are summarised over as power laws: the fitted range,
+    widened to at least a decade around its centre (a single budget still gives local exponents)."""
+    lo, hi = c_range
+    mid = np.sqrt(lo * hi)
+    return np.geomspace(min(lo, mid / np.sqrt(10)), max(hi, mid * np.sqrt(10)), 16)
 
 
 def residuals(a3: ChinchillaFit, points: Points) -> np.ndarray:

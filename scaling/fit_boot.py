@@ -28,6 +28,7 @@ from scaling.fit import (
     Prediction,
     fit_approach3,
     grid_starts,
+    law_grid,
     outliers,
 )
 from scaling.fit_spec import Exclusion, FitSpec, Points
@@ -180,7 +181,7 @@ def _bootstrap(points, spec, a3, a2, a1, runs_curves, evalC, seed) -> dict[str, 
             X, np.log(points.L), W, starts, delta=spec.approach3.delta, x0=X.mean(axis=0)
         )
         N, D, L = optimal_allocation(th, a3.flops, evalC)
-        cgrid = np.geomspace(*a3.c_range, 16)
+        cgrid = law_grid(a3.c_range)
         Nc, Dc, Lc = optimal_allocation(th, a3.flops, cgrid)
         gap = Lc - np.exp(th[:, 4:5])
         fin = (np.isfinite(Nc).all(axis=1) & (gap > 0).all(axis=1))[:, None].astype(float)

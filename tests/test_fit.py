@@ -294,6 +294,9 @@ def test_single_budget_fits_approach3_and_says_why_not_approach2():
     report = fit.fit(table(rows), small_spec(bootstrap={"resamples": 0}), csv_cols())
     mf = report.methods["all"]
     assert mf.approach2.n_opt is None and mf.approach3 is not None
+    # N*(C) still comes from approach 3's law around the budget, for `sweep --from-fit`.
+    assert mf.optimal_params.source == "approach3"
+    assert mf.optimal_params.a == pytest.approx(0.28 / 0.62, rel=1e-4)
     assert any("1 of 1 budget(s) have an interior minimum" in n for n in mf.notes)
     assert any("holding out 1 needs ≥ 3" in (mf.holdout.reason or "") for _ in [0])
 
