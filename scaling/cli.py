@@ -7,6 +7,7 @@ scaling sweep sweeps/qwen2.5-ladder-vs-qlora.toml --flops 1e17:1e19:5 --dry-run
 scaling train runs/quickstart/runs/ladder-r8-1e11-s0-1a2b3c4d
 scaling launch runs/quickstart --executor slurm --partition gpu --gpus-per-node 1
 scaling status runs/quickstart
+scaling fit runs/quickstart --predict 1e13
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import types
 import typing
 
-from scaling import flops, launch_cli, methods
+from scaling import fit_cli, flops, launch_cli, methods
 from scaling.arch import PRESETS, resolve_arch
 from scaling.errors import ScalingError
 
@@ -264,7 +265,9 @@ def build_parser() -> Parser:
     p.add_argument("--steps", type=int, default=150, help="pre-training steps per backbone")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
 
-    for name, (help_, example, add_arguments, run) in launch_cli.COMMANDS.items():
+    commands = {**launch_cli.COMMANDS,
+                "fit": (fit_cli.HELP, fit_cli.EXAMPLE, fit_cli.add_arguments, fit_cli.run)}  # fmt: skip
+    for name, (help_, example, add_arguments, run) in commands.items():
         EXAMPLES[name] = example
         add_arguments(add(name, help_, run))
     return parser
