@@ -21,7 +21,7 @@ SMALL = {"alpha": [0.25, 0.75, 1.5], "e": [-1.0, 0.0, 1.0], "a": [0.0, 10.0, 20.
 
 
 def small_spec(**over) -> FitSpec:
-    data = {"approach3": SMALL, "bootstrap": {"resamples": 60}} | over
+    data = {"approach3": SMALL, "bootstrap": {"resamples": 40}} | over
     return FitSpec.from_dict(data)
 
 
@@ -40,7 +40,7 @@ def noisy(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim") / "noisy"
     laws = fit_synth.simulate(out, noise=0.005, seed=3)
     c = collect.collect(out)
-    spec = small_spec(bootstrap={"resamples": 120}, holdout={"budgets": 0}, predict=[1e13])
+    spec = small_spec(bootstrap={"resamples": 100}, holdout={"budgets": 0}, predict=[1e13])
     return laws, fit.fit(c.table(spec), spec, curves=c.curves)
 
 
@@ -162,7 +162,7 @@ def test_compute_multiplier_of_a_method_twice_as_cheap_per_token():
             d = c / (k * n)
             loss = 1.69 + 406.4 * n**-0.34 + 410.7 * d**-0.28
             rows.append({"N": n, "D": d, "C": c, "L": loss, "m": method})
-    spec = small_spec(bootstrap={"resamples": 0}, predict=[1e20])
+    spec = small_spec(bootstrap={"resamples": 0}, holdout={"budgets": 0}, predict=[1e20])
     report = fit.fit(table(rows), spec, csv_cols(method="m"))
     (x,) = [x for x in report.comparison["multipliers"] if x["method"] == "costly"]
     assert x["multiplier"] == pytest.approx(2.0, rel=1e-3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scaling import collect, fit, fit_laws, fit_synth, plots
+from scaling.fit_report import write_outputs
 from scaling.fit_spec import FitSpec
 
 SMALL = {"alpha": [0.25, 0.75, 1.5], "e": [-1.0, 0.0, 1.0], "a": [0.0, 10.0, 20.0]}
@@ -27,7 +28,9 @@ def test_every_figure_as_png_and_pdf(report, tmp_path, monkeypatch):
 
     for name in ("fit_lse", "refit_lse", "lbfgs_batched"):
         monkeypatch.setattr(fit_laws, name, no_fitting)
-    written = plots.save_all(report, tmp_path)
+    written = write_outputs(report, tmp_path)  # what `scaling fit` calls
+    assert {"fits.json", "frontier.parquet", "summary.txt"} <= {p.name for p in written}
+    written = [p for p in written if p.suffix in (".png", ".pdf")]
     names = {p.name for p in written}
     for fig in ("isoflop", "frontier", "optimal", "residuals", "isoloss", "envelope"):
         assert {f"{fig}.png", f"{fig}.pdf"} <= names
