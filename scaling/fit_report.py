@@ -93,6 +93,10 @@ def _g(x, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+def _ratio(value: float, best: float) -> str:
+    return f"{value / best:.3g}× best" if best > 1e-300 else f"{value:.2g}"
+
+
 def _ci(ci: dict, key: str, digits: int = 3) -> str:
     if key not in ci:
         return ""
@@ -129,12 +133,13 @@ def summary(report: FitReport) -> str:
             m, str(len(mf.points)), str(len(mf.points.budgets)),
             _g(a3.E, 4) + _ci(a3.ci, "E"), _g(a3.A) + _ci(a3.ci, "A"), _g(a3.B) + _ci(a3.ci, "B"),
             _g(a3.alpha) + _ci(a3.ci, "alpha"), _g(a3.beta) + _ci(a3.ci, "beta"),
-            f"{a3.at_optimum:.0%} of {a3.n_starts}" + (f", bound: {','.join(a3.bound_hits)}"
-                                                        if a3.bound_hits else ""),
+            f"{a3.at_optimum:.0%} of {a3.n_starts}; median start "
+            f"{_ratio(a3.objective_spread['median'], a3.objective)}"
+            + (f"; on a bound: {','.join(a3.bound_hits)}" if a3.bound_hits else ""),
         ))  # fmt: skip
     lines += ["", "approach 3: L(N, D) = E + A/N^α + B/D^β"]
-    lines += _table(("method", "runs", "budgets", "E", "A", "B", "α", "β", "starts at optimum"),
-                    rows)  # fmt: skip
+    lines += _table(("method", "runs", "budgets", "E", "A", "B", "α", "β",
+                     "starts at the optimum; spread"), rows)  # fmt: skip
     rows = []
     for m, mf in report.methods.items():
         for name in ("approach1", "approach2", "approach3"):
