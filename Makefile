@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_INDEX ?=
+WORKERS ?= 2
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -19,8 +20,13 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed
 
+# The quickstart, end to end on a CPU: pre-train the tiny backbones (cached), plan the isoFLOP sweep,
+# train every run on local workers, fit the scaling laws and draw the figures (runs/quickstart/fit/).
 demo: install
-	$(BIN)/scaling demo
+	$(BIN)/scaling backbone tiny
+	$(BIN)/scaling sweep sweeps/quickstart.toml
+	$(BIN)/scaling launch runs/quickstart --executor local --array-parallelism $(WORKERS) --wait
+	$(BIN)/scaling fit runs/quickstart
 
 lint: install
 	$(BIN)/ruff check scaling tests

@@ -293,11 +293,18 @@ class TrainJob:
 class LocalWorker:
     """A local worker process: trains unclaimed runs of its submission one at a time."""
 
-    def __init__(self, runs: list[str], folder: str, target: Callable[[str], Any] | None = None):
+    def __init__(self, runs: list[str], folder: str, target: Callable[[str], Any] | None = None,
+                 threads: int | None = None):  # fmt: skip
         self.runs, self.folder, self.target = list(runs), str(folder), target
+        self.threads = threads
         self.current: str | None = None
 
     def __call__(self) -> dict[str, Any]:
+        if self.threads:
+            import torch
+
+            # Workers share the machine's cores: N workers each using every core oversubscribe.
+            torch.set_num_threads(self.threads)
         done: dict[str, Any] = {}
         while True:
             if self.current is None:
@@ -459,7 +466,8 @@ def _submit(executor: str, opts: LaunchSpec, folder: Path, paths: list[str], nam
         elif executor == "local":
             workers = min(opts.array_parallelism or 1, len(paths))
             ex.update_parameters(timeout_min=minutes * len(paths), name=name)
-            calls = [LocalWorker(paths, str(folder), target) for _ in range(workers)]
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            calls = [LocalWorker(paths, str(folder), target, threads) for _ in range(workers)]
         else:
             calls = [TrainJob(p, str(folder), target) for p in paths]
         with contextlib.redirect_stderr(io.StringIO()), ex.batch():  # sbatch errors: see below
