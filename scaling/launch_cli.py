@@ -102,7 +102,8 @@ def launch_from_args(run_dir: str, args: argparse.Namespace) -> str:
         return json.dumps(out.__dict__, indent=2, default=str)
     text = render_launch(out)
     if out.run_ids and not dry_run and (args.wait or out.executor == "debug"):
-        text += "\n\n" + status.render(status.wait(run_dir, out.run_ids))
+        print(text + "\n", flush=True)  # what was submitted, before the wait
+        return status.render(status.wait(run_dir, out.run_ids, progress=args.wait))
     return text
 
 

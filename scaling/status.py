@@ -425,16 +425,52 @@ def render(s: SweepStatus) -> str:
 
 
 def wait(run_dir: str | Path, run_ids: list[str] | None = None, *, poll_s: float = 2.0,
-         timeout_s: float | None = None) -> SweepStatus:  # fmt: skip
-    """Poll until none of ``run_ids`` (default: all) is queued or running; return the last status."""
+         timeout_s: float | None = None, progress: bool = False) -> SweepStatus:  # fmt: skip
+    """Poll until none of ``run_ids`` (default: all) is queued or running; return the last status.
+
+    ``progress``: a bar over the planned compute on a terminal, else a line every 30 s (stderr)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        s = collect(run_dir, run_ids)
-        if not any(r.state in ("queued", "running") for r in s.runs):
-            return s
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"runs still active after {timeout_s} s: {s.counts}")
-        time.sleep(poll_s)
+    bar, last_line = None, 0.0
+    try:
+        while True:
+            s = collect(run_dir, run_ids)
+            active = any(r.state in ("queued", "running") for r in s.runs)
+            if progress:
+                bar, last_line = _show_progress(s, bar, last_line, final=not active)
+            if not active:
+                return s
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"runs still active after {timeout_s} s: {s.counts}")
+            time.sleep(poll_s)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _show_progress(s: SweepStatus, bar, last_line: float, *, final: bool):
+    """Compute done / planned as a tqdm bar (terminal) or a periodic plain line."""
+    import sys
+
+    summary = s.to_dict()["summary"]
+    done, planned = summary["flops_done"], summary["flops_planned"] or 1.0
+    counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items())
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        if bar is None:
+            bar = tqdm(total=100.0, unit="%", desc="compute", bar_format="{l_bar}{bar}| {postfix}")
+        bar.n = 100.0 * done / planned
+        bar.set_postfix_str(counts)
+        return bar, last_line
+    now = time.monotonic()
+    if final or now - last_line >= 30.0:
+        print(
+            f"{100.0 * done / planned:5.1f}% of planned compute; {counts}",
+            file=sys.stderr,
+            flush=True,
+        )
+        last_line = now
+    return bar, last_line
 
 
 @contextlib.contextmanager
