@@ -410,24 +410,30 @@ def resolve_backbone(ref: str, inline: dict[str, Any] | None = None) -> tuple[Ar
 
 
 def load_fit(source: str | Path | dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """``{method: (A, a)}`` with N*(C) = A·C^a from a fit file (schema in the module docstring)."""
+    """``{method: (A, a)}`` with N*(C) = A·C^a from a fit file (schema in the module docstring).
+
+    A method whose ``optimal_params`` is null (``scaling fit`` found no N*(C) law for it) is left out:
+    its grid stays the spec's own, as for a method the fit does not mention."""
     data = source
+    where = "(given as a dict)" if isinstance(source, dict) else str(source)
     if not isinstance(source, dict):
         data = read_json(source, "fit file")
     table = data.get("methods") if isinstance(data, dict) else None
     if not isinstance(table, dict):
-        raise ScalingError(f"fit {source} has no 'methods' table")
+        raise ScalingError(f"fit {where} has no 'methods' table")
     out = {}
     for name, entry in table.items():
+        if isinstance(entry, dict) and entry.get("optimal_params", 0) is None:
+            continue
         try:
             law = entry["optimal_params"]
             A, a = float(law["A"]), float(law["a"])
         except (KeyError, TypeError, ValueError):
             raise ScalingError(
-                f"fit {source}: methods.{name}.optimal_params needs numbers A and a"
+                f"fit {where}: methods.{name}.optimal_params needs numbers A and a"
             ) from None
         if not (math.isfinite(A) and A > 0 and math.isfinite(a)):
-            raise ScalingError(f"fit {source}: methods.{name}: A must be positive, a finite")
+            raise ScalingError(f"fit {where}: methods.{name}: A must be positive, a finite")
         out[name] = (A, a)
     return out
 

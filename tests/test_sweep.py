@@ -459,3 +459,17 @@ def test_cli_out_dir_with_different_sweep(tmp_path):
 def test_cli_help_shows_example():
     out = run("--help")
     assert out.returncode == 0 and "example" in out.stdout and "--flops" in out.stdout
+
+
+def test_fit_without_a_law_for_a_method_leaves_its_grid_alone():
+    from scaling.sweep_spec import load_fit
+
+    fit = {
+        "methods": {
+            "ladder": {"optimal_params": {"A": 1e-2, "a": 0.5}},
+            "qlora": {"optimal_params": None},
+        }
+    }
+    assert load_fit(fit) == {"ladder": (1e-2, 0.5)}
+    with pytest.raises(ScalingError, match=r"fit \(given as a dict\): methods.qlora"):
+        load_fit({"methods": {"qlora": {"optimal_params": {"A": "x"}}}})
