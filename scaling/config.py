@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +54,10 @@ class Config:
             raise ScalingError(
                 f"unknown key '{key}' for {where or cls.__name__}{hint}; valid keys: {', '.join(valid)}"
             )
+        data = dict(data)
+        for key, section in _sections(cls).items():  # nested tables: parsed as strictly, named
+            if isinstance(data.get(key), dict):
+                data[key] = section.from_dict(data[key], where=f"[{key}] in {where or 'the spec'}")
         try:
             return cls(**data)
         except TypeError as e:  # wrong types surface here, e.g. a list where a number belongs
@@ -73,6 +79,17 @@ class Config:
 
     def replace(self, **changes: Any) -> Self:
         return self.from_dict({**self.to_dict(), **changes})
+
+
+@functools.cache
+def _sections(cls: type[Config]) -> dict[str, type[Config]]:
+    """Fields of ``cls`` that are themselves configs (TOML tables such as ``[dataset]``)."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(cls)
+        if isinstance(hints[f.name], type) and issubclass(hints[f.name], Config)
+    }
 
 
 def check(condition: bool, message: str) -> None:

@@ -186,14 +186,6 @@ class FitSpec(Config):
     holdout: HoldoutSpec = dataclasses.field(default_factory=HoldoutSpec)
     compare: CompareSpec = dataclasses.field(default_factory=CompareSpec)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, where: str | None = None) -> FitSpec:
-        data = dict(data)
-        for key, section in SECTIONS.items():
-            if isinstance(data.get(key), dict):
-                data[key] = section.from_dict(data[key], where=f"[{key}] in {where or 'the spec'}")
-        return super().from_dict(data, where=where)
-
     def __post_init__(self) -> None:
         check_choice("n", self.n, N_CONVENTIONS)
         check_choice("loss", self.loss, LOSSES)

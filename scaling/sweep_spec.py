@@ -249,14 +249,6 @@ class SweepSpec(Config):
     launch: LaunchSpec = dataclasses.field(default_factory=LaunchSpec)
     """Submission defaults for ``scaling launch`` / ``sweep --submit`` (flags win)."""
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, where: str | None = None) -> SweepSpec:
-        data = dict(data)
-        for key, section in SECTIONS.items():
-            if isinstance(data.get(key), dict):
-                data[key] = section.from_dict(data[key], where=f"[{key}] in {where or 'the spec'}")
-        return super().from_dict(data, where=where)
-
     def __post_init__(self) -> None:
         check(
             isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name),
