@@ -173,21 +173,13 @@ def _json_summary(report, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scaling.cli import Parser
+    """``scaling fit ...`` through the one command line (returns the exit code)."""
+    from scaling import cli
 
-    parser = Parser(prog="scaling fit", description=HELP,
-                    epilog=f"example:\n  {EXAMPLE}",
-                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    add_arguments(parser)
-    args = parser.parse_args(argv)
     try:
-        run(args)
-    except ScalingError as e:
-        print(f"scaling fit: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+        return cli.main(["fit", *(sys.argv[1:] if argv is None else argv)])
+    except SystemExit as e:  # --help, or a usage error already printed on one line
+        return int(e.code or 0)
 
 
 if __name__ == "__main__":

@@ -210,29 +210,13 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scaling.cli import Parser
+    """``scaling launch|status|cancel ...`` through the one command line (returns the exit code)."""
+    from scaling import cli
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: scaling {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
-        return 2
-    name, rest = argv[0], argv[1:]
-    help_, example, add_arguments, run = COMMANDS[name]
-    parser = Parser(prog=f"scaling {name}", description=help_, epilog=f"example:\n  {example}",
-                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    add_arguments(parser)
     try:
-        args = parser.parse_args(rest)
+        return cli.main(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as e:  # --help, or a usage error already printed on one line
         return int(e.code or 0)
-    try:
-        run(args)
-    except ScalingError as e:
-        print(f"scaling {name}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
 
 
 if __name__ == "__main__":
