@@ -2,7 +2,7 @@
 
     python bench/headline.py                                  # a CUDA GPU with > 12 GB (an H100, A100 80GB…)
     python bench/headline.py --preset llama-2-7b --steps 10   # the other 7B shape, more timed steps
-    python bench/headline.py --layers 4                       # a quick check of the script (4 layers)
+    python bench/headline.py --layers 4                       # script check only: QLoRA fits, exit 1
 
 A backbone of the preset's shape (Qwen2.5-7B by default) is built from its config with random weights
 (seed 0), saved in bf16 with ``save_pretrained`` into a temporary folder, and each method is built from
