@@ -1,7 +1,7 @@
 """Wall time of the analysis at scale: 10,000 runs × 1,000 log rows collected into one table, then fitted.
 
     python bench/analysis_scale.py                         # 10,000 runs × 1,000 rows (~0.5 GB in /tmp)
-    python bench/analysis_scale.py --runs 500 --rows 100   # a quick look (seconds)
+    python bench/analysis_scale.py --runs 500 --rows 100   # a quick look (under a minute)
 
 Fabricates a trained-looking sweep directory in a temporary folder (``--dir`` to choose one, kept
 with ``--keep``): the run ids, manifest, ``spec.json``, parameter counts and exact FLOPs per token are
