@@ -64,10 +64,10 @@ class Config:
             raise ScalingError(f"{cls.__name__}: {e}") from None
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> Self:
+    def from_toml(cls, path: str | Path, *, what: str = "config file") -> Self:
         path = Path(path)
         if not path.is_file():
-            raise ScalingError(f"config file not found: {path}")
+            raise ScalingError(f"{what} not found: {path}")
         try:
             data = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

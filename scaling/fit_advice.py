@@ -26,6 +26,7 @@ from scaling.arch import Arch
 from scaling.errors import ScalingError
 from scaling.fit_boot import _interval
 from scaling.fit_spec import FitSpec
+from scaling.sweep import dial_values
 
 CONFIG = ("method", "backbone", "backbone_config", "method_config", "seq_len", "micro_batch_size")
 NEEDED = ("run_id", *CONFIG)
@@ -37,20 +38,6 @@ def _dial_key(cfg) -> str | None:
     if getattr(cfg, "side_width", None):
         return "side_width"
     return type(cfg).dial
-
-
-def dial_values(dial: str, arch: Arch) -> list[int]:
-    """Valid values of a method's dial to search over."""
-    if dial == "side_width":  # four per octave from the backbone width down
-        d = arch.hidden_size
-        return sorted({max(1, round(d * 2 ** (-k / 4))) for k in range(4 * d.bit_length() + 1)})
-    if dial == "rank":
-        return sorted({round(2 ** (k / 4)) for k in range(49)})  # 1 … 4096, four per octave
-    if dial == "reduction":
-        return [r for r in range(1, arch.hidden_size + 1) if arch.hidden_size % r == 0]
-    if dial in ("delta", "side_layers"):
-        return list(range(1, arch.num_layers + 1))
-    return []
 
 
 def _n(cost: flops.Cost, convention: str, kind: str) -> float:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from scaling.config import Config, check, check_choice, check_positive_int, tomllib
+from scaling.config import Config, check, check_choice, check_positive_int
 from scaling.errors import ScalingError
 from scaling.fit_laws import CHINCHILLA_A, CHINCHILLA_ALPHA, CHINCHILLA_E, HUBER_DELTA
 
@@ -215,16 +215,7 @@ def load_spec(path: str | None = None) -> FitSpec:
     """The defaults, or a TOML spec stating its differences from them."""
     if path is None:
         return FitSpec()
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.is_file():
-        raise ScalingError(f"fit spec not found: {p}")
-    try:
-        data = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ScalingError(f"cannot parse {p}: {e}") from None
-    return FitSpec.from_dict(data, where=str(p))
+    return FitSpec.from_toml(path, what="fit spec")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -77,15 +77,18 @@ from scaling.sweep_spec import (  # noqa: F401 (parse_budgets, dial_grid: re-exp
 # Dial grids
 
 
-def _candidates(dial: str, arch: Arch) -> list[int]:
-    """Valid values of a dial to choose fit-centred grid points from."""
+def dial_values(dial: str, arch: Arch) -> list[int]:
+    """Valid values of a method's dial (to centre a grid on a fit, or to search for advice)."""
+    if dial == "side_width":  # four per octave from the backbone width down
+        d = arch.hidden_size
+        return sorted({max(1, round(d * 2 ** (-k / 4))) for k in range(4 * d.bit_length() + 1)})
     if dial == "rank":
         return sorted({round(2 ** (k / 4)) for k in range(49)})  # 1 … 4096, four per octave
     if dial == "reduction":
         return [r for r in range(1, arch.hidden_size + 1) if arch.hidden_size % r == 0]
     if dial in ("delta", "side_layers"):
         return list(range(1, arch.num_layers + 1))
-    raise ScalingError(f"cannot centre dial {dial!r} on a fit")
+    return []
 
 
 def centred_grid(
@@ -94,12 +97,15 @@ def centred_grid(
     """Configs whose trainable-parameter counts lie nearest to ``grid.points`` log-spaced targets
     within ±``grid.half_width`` decades of ``target``, for each combination of the other axes."""
     dial = type(base[0]).dial
+    values = dial_values(dial, arch)
+    if not values:
+        raise ScalingError(f"cannot centre dial {dial!r} on a fit")
     n, h = grid.points, grid.half_width
     targets = [target * 10 ** (h * (2 * i / (n - 1) - 1)) if n > 1 else target for i in range(n)]
     out: list[methods.MethodConfig] = []
     for cfg in dict.fromkeys(b.replace(**{dial: getattr(type(b)(), dial)}) for b in base):
         sized = []
-        for value in _candidates(dial, arch):
+        for value in values:
             try:
                 c = cfg.replace(**{dial: value})
                 sized.append((flops.cost(arch, c, seq_len).trainable_params, c))
