@@ -34,7 +34,7 @@ import torch
 
 from scaling import flops, io, measure, methods
 from scaling.arch import resolve_arch
-from scaling.modeling import quiet_libraries
+from scaling.methods.backbone import quiet_libraries
 
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,

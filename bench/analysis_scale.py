@@ -5,10 +5,10 @@
 
 Fabricates a trained-looking sweep directory in a temporary folder (``--dir`` to choose one, kept
 with ``--keep``): the run ids, manifest, ``spec.json``, parameter counts and exact FLOPs per token are
-those of a real sweep planned by :mod:`scaling.sweep` (:func:`scaling.fit_synth.tiny_spec`: Ladder by
+those of a real sweep planned by :mod:`scaling.sweep` (:func:`scaling.fit.synth.tiny_spec`: Ladder by
 side width, LoRA by rank, 4 budgets, as many seeds as ``--runs`` needs); losses follow
-:mod:`scaling.fit_synth`'s laws times log-normal noise. Only the writers differ from
-:func:`scaling.fit_synth.simulate` (which builds per-row dicts, far too slow for 10⁷ rows): each run's
+:mod:`scaling.fit.synth`'s laws times log-normal noise. Only the writers differ from
+:func:`scaling.fit.synth.simulate` (which builds per-row dicts, far too slow for 10⁷ rows): each run's
 ``result.json`` is one ``json.dumps`` and its ``metrics.parquet`` (the columns :mod:`scaling.train`
 logs: 90% train rows, 10% eval rows) one polars frame built from numpy slices. 1% of the runs are
 ``diverged`` (result, no metrics), as in a real sweep. The budgets are 20× fit_synth's so that every
@@ -16,7 +16,7 @@ run has at least ``--rows`` distinct logged steps.
 
 Timed, each once, in this process:
 
-- ``collect_cold_s``: :func:`scaling.collect.collect` with no ``.collect/`` cache (it reads every
+- ``collect_cold_s``: :func:`scaling.fit.collect.collect` with no ``.collect/`` cache (it reads every
   file, builds both tables and writes the cache); the files were just written, so the OS page cache
   is warm — this is the cost of the parsing, not of the disk;
 - ``collect_warm_s``: the same call again, answered from the cache (a stat of every file for the
@@ -44,8 +44,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from scaling import collect, fit, fit_synth, sweep
-from scaling.fit_spec import FitSpec
+from scaling import fit, sweep
+from scaling.fit import collect
+from scaling.fit import synth as fit_synth
+from scaling.fit.spec import FitSpec
 from scaling.io import write_json
 
 OUT = Path(__file__).resolve().parent / "results" / "analysis_scale.json"

@@ -3,18 +3,19 @@
     python bench/fit_speed.py                 # Chinchilla's 240 points, the 4500-start grid
     python bench/fit_speed.py --quick         # every 10th start in the loop (its time scaled ×10)
 
-On the same data (Hoffmann et al.'s points as digitised by Epoch, shared/data/svg_extracted_data.csv,
-D = C / 6N, the 5 highest losses dropped; or a synthetic Chinchilla-like set when the file is absent):
+On the same data (Hoffmann et al.'s points as digitised by Epoch, ``svg_extracted_data.csv``, which is not
+shipped: see ``CSV`` below; D = C / 6N, the 5 highest losses dropped; or a synthetic Chinchilla-like set
+when the file is absent):
 
-- ``batched``: :func:`scaling.fit_laws.fit_lse` on Chinchilla's 4500 starts — all starts advanced
-  together by :func:`scaling.lbfgs.lbfgs_batched`, the 3 best distinct end points polished by scipy;
+- ``batched``: :func:`scaling.fit.laws.fit_lse` on Chinchilla's 4500 starts — all starts advanced
+  together by :func:`scaling.fit.lbfgs.lbfgs_batched`, the 3 best distinct end points polished by scipy;
 - ``loop``: the straightforward way — ``scipy.optimize.minimize(method="L-BFGS-B", jac=True)`` once per
   start on the same objective, gradient, bounds and centring, with the batch stage's tolerances
   (ftol 1e-12, gtol 1e-6, 500 iterations), then the same polish of its 3 best distinct end points;
 - ``bootstrap``: 1000 resamples of the runs refitted at once from the point estimate + 4 grid starts
-  (:func:`scaling.fit_laws.refit_lse`, what ``scaling fit`` does per method);
+  (:func:`scaling.fit.laws.refit_lse`, what ``scaling fit`` does per method);
 - ``pipeline``: :func:`scaling.fit.fit` with the default spec (4500 starts, 1000 resamples, held-out
-  refit, approaches 1-2, comparison) on a simulated two-method sweep (scaling.fit_synth).
+  refit, approaches 1-2, comparison) on a simulated two-method sweep (scaling.fit.synth).
 
 Both fits run with single-threaded BLAS (what ``scaling fit`` does; OpenBLAS threads only spin on
 work this small, and slow the scipy loop far more than the batch). Writes bench/results/fit_speed.json.
@@ -35,11 +36,22 @@ import numpy as np
 import scipy
 import scipy.optimize
 
-from scaling import collect, fit, fit_laws, fit_synth
-from scaling.fit_spec import FitSpec
+from scaling import fit
+from scaling.fit import collect, synth
+from scaling.fit import laws as fit_laws
+from scaling.fit.lbfgs import polish_one, single_threaded_blas
+from scaling.fit.spec import FitSpec
 from scaling.io import write_json
 
-CSV = Path("/work/shared/data/svg_extracted_data.csv")
+# Epoch AI's digitisation of Hoffmann et al.'s points is not shipped (no licence to redistribute):
+# looked for beside the repository or in $SCALING_REFERENCE_DATA, else a synthetic stand-in is used.
+CSV = (
+    Path(
+        os.environ.get("SCALING_REFERENCE_DATA")
+        or Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+    / "svg_extracted_data.csv"
+)
 OUT = Path(__file__).resolve().parent / "results" / "fit_speed.json"
 
 
@@ -83,7 +95,7 @@ def loop_fit(X, y, starts, stride: int) -> tuple[float, np.ndarray]:
             break
         if all(np.abs(ends[i] - p).max() > 1e-3 for p in picks):
             picks.append(ends[i])
-    best = min(fit_laws.polish_one(lambda th, rows: fit_laws.objective(th, Xc, y), p, lo, hi).fun
+    best = min(polish_one(lambda th, rows: fit_laws.objective(th, Xc, y), p, lo, hi).fun
                for p in picks)  # fmt: skip
     return best * fit_laws.HUBER_DELTA**2, fs * fit_laws.HUBER_DELTA**2
 
@@ -98,7 +110,7 @@ def main() -> None:
     stride = 10 if args.quick else 1
     results: dict = {"data": source, "starts": len(starts), "cpus": os.cpu_count(),
                      "load_average_before": os.getloadavg()[0]}  # fmt: skip
-    with fit_laws.single_threaded_blas():
+    with single_threaded_blas():
         fit_laws.fit_lse(X, y, starts[::50])  # warm-up: imports, caches
         t = time.perf_counter()
         batched = fit_laws.fit_lse(X, y, starts)
@@ -127,7 +139,7 @@ def main() -> None:
 
     # The whole `scaling fit` pipeline with the default spec on a simulated two-method sweep.
     with tempfile.TemporaryDirectory() as tmp:
-        fit_synth.simulate(Path(tmp) / "sweep", noise=0.005, seed=0)
+        synth.simulate(Path(tmp) / "sweep", noise=0.005, seed=0)
         c = collect.collect(Path(tmp) / "sweep")
         spec = FitSpec(predict=[1e14])
         t = time.perf_counter()

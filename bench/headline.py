@@ -59,8 +59,8 @@ def worker(spec: dict) -> dict:
     import torch
 
     from scaling import methods
-    from scaling.modeling import quiet_libraries
-    from scaling.train import _token_loss_sum
+    from scaling.methods.backbone import quiet_libraries
+    from scaling.train.objective import token_loss_sum
 
     quiet_libraries()
     total = torch.cuda.get_device_properties(0).total_memory
@@ -88,7 +88,7 @@ def worker(spec: dict) -> dict:
         losses, times = [], []
         for _ in range(spec["steps"] + 1):
             start = time.perf_counter()
-            loss = _token_loss_sum(model(input_ids=ids).logits, ids) / n
+            loss = token_loss_sum(model(input_ids=ids).logits, ids) / n
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -178,7 +178,7 @@ def main() -> None:
 
     from scaling import flops, io, methods
     from scaling.arch import resolve_arch
-    from scaling.modeling import quiet_libraries
+    from scaling.methods.backbone import quiet_libraries
 
     quiet_libraries()
     cap = flops.parse_bytes(args.cap)

@@ -27,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from scaling import io, launch, status, sweep
+from scaling import io, launch, sweep
+from scaling.launch import scheduler, status
 
 
 def plan(root: Path, runs: int) -> Path:
@@ -51,7 +52,7 @@ def main() -> None:
     ap.add_argument("--partition", default=None)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "launch_submit.json"))
     args = ap.parse_args()
-    if (problem := launch.slurm_problem()) is not None:
+    if (problem := scheduler.slurm_problem()) is not None:
         sys.exit(f'no SLURM cluster: {problem} (start one: eval "$(ci/slurm/up.sh)")')
     opts = {"executor": "slurm", "time": "00:10:00", "partition": args.partition,
             "slurm_extra": {"begin": "now+1hour"}}  # fmt: skip
@@ -70,17 +71,17 @@ def main() -> None:
             status_s = time.perf_counter() - start
             assert s.counts == {"queued": args.runs}, s.counts
             start = time.perf_counter()
-            cancelled = status.cancel(rd)
+            cancelled = launch.cancel(rd)
             cancel_s = time.perf_counter() - start
             assert len(cancelled) == args.runs
 
             rd = plan(Path(tmp) / f"cli-{i}", args.runs)
-            cmd = [sys.executable, "-m", "scaling.launch_cli", "launch", str(rd), "--executor",
+            cmd = [sys.executable, "-m", "scaling.cli", "launch", str(rd), "--executor",
                    "slurm", "--time", "00:10:00", "--slurm-extra", "begin=now+1hour"]  # fmt: skip
             start = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
             cli_s = time.perf_counter() - start
-            status.cancel(rd)
+            launch.cancel(rd)
             rows.append({"launch_s": launch_s, "submit_s": out.wall_s, "cli_s": cli_s,
                          "status_s": status_s, "cancel_s": cancel_s, "array": out.job_ids[0].split("_")[0]})  # fmt: skip
             print(f"repeat {i}: launch {launch_s:.3f} s (submission {out.wall_s:.3f} s), "

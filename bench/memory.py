@@ -114,8 +114,8 @@ def worker(spec: dict) -> dict:
     import torch
 
     from scaling import methods
-    from scaling.modeling import quiet_libraries
-    from scaling.train import _token_loss_sum
+    from scaling.methods.backbone import quiet_libraries
+    from scaling.train.objective import token_loss_sum
 
     quiet_libraries()
     cuda = torch.cuda.is_available()
@@ -139,7 +139,7 @@ def worker(spec: dict) -> dict:
         sampler = _Sampler()
         sampler.start()
     start = time.perf_counter()
-    loss = _token_loss_sum(model(input_ids=ids).logits, ids) / ids[:, 1:].numel()
+    loss = token_loss_sum(model(input_ids=ids).logits, ids) / ids[:, 1:].numel()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
@@ -238,7 +238,7 @@ def main() -> None:
 
     from scaling import io, methods
     from scaling.arch import resolve_arch
-    from scaling.modeling import quiet_libraries
+    from scaling.methods.backbone import quiet_libraries
 
     quiet_libraries()
     load_before = os.getloadavg()

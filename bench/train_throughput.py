@@ -24,8 +24,8 @@ import torch
 
 from scaling import flops, io, methods, sweep
 from scaling.arch import resolve_arch
-from scaling.demo import tiny_llama
 from scaling.train import train
+from scaling.train.demo import tiny_llama
 
 METHODS = {
     "ladder": {"reduction": 4},
@@ -87,13 +87,15 @@ def main() -> None:
     }  # fmt: skip
     name = "cuda" if torch.cuda.is_available() else "cpu"
     io.write_json(Path(args.out) / f"train_throughput-{name}.json", out)
-    print(f"{'method':<8} {'quant':<5} {'trainable':>10} {'tokens/s':>10} {'peak MiB':>9} {'eval loss':>9}")
+    print(
+        f"{'method':<8} {'quant':<5} {'trainable':>10} {'tokens/s':>10} {'peak MiB':>9} {'eval loss':>9}"
+    )
     for r in rows:
         print(f"{r['method']:<8} {r['quantization']:<5} {r['trainable_params']:>10,} "
               f"{r['tokens_per_s']:>10,.0f} {r['peak_memory_bytes'] / 2**20:>9,.0f} "
               f"{r['final_eval_loss']:>9.4f}")  # fmt: skip
     print(f"Ladder / QLoRA tokens/s: {out['ladder_over_qlora_tokens_per_s']:.2f}")
-    print(json.dumps({"written": str(Path(args.out) / f'train_throughput-{name}.json')}))
+    print(json.dumps({"written": str(Path(args.out) / f"train_throughput-{name}.json")}))
 
 
 if __name__ == "__main__":

@@ -209,7 +209,7 @@ def resolve_arch(model: str | Path) -> Arch:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Side-network geometry (Ladder / xLadder), shared by the builder (scaling.sidenet) and the accounting
+# Side-network geometry (Ladder / xLadder), shared by the builder (scaling.methods.sidenet) and the accounting
 # (scaling.flops) so the two can never disagree about what is trained.
 
 

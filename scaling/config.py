@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,6 +101,17 @@ def check(condition: bool, message: str) -> None:
 
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
     check(value in choices, f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def check_positive_number(name: str, value: Any, *, allow_none: bool = False) -> None:
+    """A finite number > 0 (not a bool), or ``None`` when ``allow_none``."""
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    check(
+        ok and math.isfinite(value) and value > 0,
+        f"{name} must be a positive number; got {value!r}",
+    )
 
 
 def check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:

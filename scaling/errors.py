@@ -7,3 +7,8 @@ class ScalingError(ValueError):
     The CLI prints ``error: <message>`` and exits with status 2, never a traceback; library callers get
     an ordinary ``ValueError`` subclass they can catch.
     """
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (its type name when it has none), for one-line errors."""
+    return " ".join(str(e).split()) or type(e).__name__

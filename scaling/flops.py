@@ -52,12 +52,12 @@ Per method (N_blk = block linear weights, N_head = d·V, N_q/k/v0 = the first la
                + checkpointing: 2·N_blk + 2·(N_lora − L·r·d) + L·A
 * ladder:      2·N_blk + L·A (backbone fwd) + 4·N_head (frozen head: fwd + input-grad)
                + 6·N_side + 3·L_s·A_side + 4·(N_ladders + N_in) + 6·N_up
-  W_in and the ladders read no-grad backbone states: forward + weight-grad only (4·W). The method note
-  (shared/notes/method.md) writes 6·(N_in + N_up); W_in's input-grad is never executed, so 4·N_in.
+  W_in and the ladders read no-grad backbone states: forward + weight-grad only (4·W). Counting W_in at
+  6·W, as a trained layer usually is, would be wrong: its input-grad is never executed, so 4·N_in.
 
 Worked numbers (Qwen2.5-7B, s = 2048, executed attention, GFLOP/token): full 44.9, QLoRA r=64 31.7,
-QLoRA + checkpointing 45.9, Ladder r=4/8/16 19.7/17.2/16.5. (The method note's 46.7 for QLoRA +
-checkpointing also re-runs the lm_head, which is outside the checkpointed blocks and is not re-run.)
+QLoRA + checkpointing 45.9, Ladder r=4/8/16 19.7/17.2/16.5. (Counting a re-run of the lm_head under
+checkpointing would give 46.7 for QLoRA; it is outside the checkpointed blocks and is not re-run.)
 
 Peak memory
 -----------

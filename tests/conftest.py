@@ -8,7 +8,17 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pathlib import Path
+
 import pytest
+
+REFERENCE_DATA = Path(
+    os.environ.get("SCALING_REFERENCE_DATA")
+    or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
+"""Public reference data whose licence does not allow shipping it (e.g. Chinchilla's digitised points,
+Epoch AI): looked for beside the repository (``../shared/data``) or in ``$SCALING_REFERENCE_DATA``;
+tests that need a file skip, with the reason, when it is absent."""
 
 TINY = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
             max_position_embeddings=128, vocab_size=300)  # fmt: skip

@@ -118,10 +118,11 @@ def test_sweep_submit_plans_trains_and_reports(tmp_path, capsys):
     """`scaling sweep --submit` = plan + `scaling launch`: here in-process (debug), with real training."""
     from conftest import make_tiny
 
-    from scaling import cli, data
+    from scaling import cli
+    from scaling.train.tokenizers import save_byte_tokenizer
 
     model = make_tiny("llama", tmp_path / "tiny")
-    data.save_byte_tokenizer(model)
+    save_byte_tokenizer(model)
     spec = tmp_path / "s.toml"
     spec.write_text(
         f'name = "s"\nbackbones = ["{model}"]\nmethods = ["ladder"]\nseq_len = 32\n'

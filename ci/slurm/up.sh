@@ -8,7 +8,7 @@
 # Idempotent: a daemon that already answers is left alone (and not recorded, so down.sh leaves it
 # alone too). Everything lives in $SCALING_SLURM_DIR (default /tmp/scaling-slurm): slurm.conf, state,
 # spool, logs, and `started` (name and PID of each daemon this script started). Recipe and pitfalls:
-# shared/notes/slurm-on-localhost.md (no accounting: results come back without slurmdbd).
+# docs/slurm-on-localhost.md (no accounting: results come back without slurmdbd).
 set -euo pipefail
 
 BASE=${SCALING_SLURM_DIR:-/tmp/scaling-slurm}

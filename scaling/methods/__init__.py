@@ -1,4 +1,4 @@
-"""Method registry: one config class per method, one line each.
+"""Methods: one torch-free config class per method (the dials), and the models they build.
 
     from scaling import methods
     model = methods.build("ladder", "path/to/model", reduction=8)   # or a PreTrainedModel instance
@@ -6,49 +6,15 @@
     model.save("out/adapter"); model = methods.load("out/adapter")
 
 ``methods.config(name, **dials)`` gives the torch-free config the planner and ``scaling.flops`` use.
+Modules: :mod:`~scaling.methods.registry` (names → configs), ``base`` (what every config shares),
+``full``, ``lora`` (LoRA and QLoRA), ``ladder``, ``xladder`` (dials), ``backbone`` (loading the frozen
+backbone), ``model`` (the common model interface), ``sidenet`` (the Ladder/xLadder network),
+``pruning`` (side-net initialisation from the backbone), ``cli`` (``scaling flops`` / ``memory``).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from scaling.errors import ScalingError
 from scaling.methods.base import MethodConfig
-from scaling.methods.full import FullConfig
-from scaling.methods.ladder import LadderConfig
-from scaling.methods.lora import LoraConfig, QLoraConfig
-from scaling.methods.xladder import XLadderConfig
-
-REGISTRY: dict[str, type[MethodConfig]] = {
-    FullConfig.name: FullConfig,
-    LoraConfig.name: LoraConfig,
-    QLoraConfig.name: QLoraConfig,
-    LadderConfig.name: LadderConfig,
-    XLadderConfig.name: XLadderConfig,
-}
+from scaling.methods.registry import REGISTRY, build, config, config_class, load
 
 __all__ = ["REGISTRY", "MethodConfig", "build", "config", "config_class", "load"]
-
-
-def config_class(name: str) -> type[MethodConfig]:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ScalingError(f"unknown method {name!r}; methods: {', '.join(REGISTRY)}") from None
-
-
-def config(name: str, **dials: Any) -> MethodConfig:
-    """The validated dials of method ``name``; an unknown dial is an error listing the valid ones."""
-    return config_class(name).from_dict(dials)
-
-
-def build(name: str, backbone: Any, **dials: Any):
-    """Build method ``name`` on ``backbone`` (model directory, hub name, or ``PreTrainedModel``)."""
-    return config(name, **dials).build(backbone)
-
-
-def load(directory: Any, backbone: Any = None):
-    """Rebuild a saved method (``MethodModel.save``) on ``backbone`` or the backbone it recorded."""
-    from scaling.modeling import load_method
-
-    return load_method(directory, backbone)

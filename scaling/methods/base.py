@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from scaling.config import Config, check_choice
 
 if TYPE_CHECKING:
-    from scaling.modeling import MethodModel
+    from scaling.methods.model import MethodModel
 
 QUANTIZATIONS = ("none", "nf4")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -22,7 +22,8 @@ class FullConfig(MethodConfig):
         check(self.quantization == "none", "full fine-tuning needs quantization = 'none'")
 
     def build(self, backbone: Any):
-        from scaling.modeling import HFMethodModel, load_backbone
+        from scaling.methods.backbone import load_backbone
+        from scaling.methods.model import HFMethodModel
 
         model = load_backbone(backbone, self)
         model.requires_grad_(True)

@@ -1,6 +1,6 @@
 """Ladder Side Tuning (Sung et al. 2022; Zheng et al. 2025): a narrow trainable side transformer fed by
 down-projected hidden states of a frozen backbone that runs without autograd. The network itself is in
-:mod:`scaling.sidenet`; this module holds its dials (torch-free, for planning and accounting).
+:mod:`scaling.methods.sidenet`; this module holds its dials (torch-free, for planning and accounting).
 """
 
 from __future__ import annotations
@@ -59,6 +59,6 @@ class LadderConfig(MethodConfig):
         )
 
     def build(self, backbone: Any):
-        from scaling.sidenet import LadderModel
+        from scaling.methods.sidenet import LadderModel
 
         return LadderModel.build(backbone, self)

@@ -42,7 +42,8 @@ class LoraConfig(MethodConfig):
     def build(self, backbone: Any):
         import peft
 
-        from scaling.modeling import HFMethodModel, load_backbone
+        from scaling.methods.backbone import load_backbone
+        from scaling.methods.model import HFMethodModel
 
         model = load_backbone(backbone, self)
         model.requires_grad_(False)

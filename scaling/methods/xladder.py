@@ -1,6 +1,6 @@
 """xLadder (Zheng et al. 2025): the top δ backbone layers feed the first δ side layers, the remaining
 side layers are free, so the effective depth is L + (side layers − δ) with gradients only in the side
-net. Same network class as Ladder (:mod:`scaling.sidenet`); only the wiring differs.
+net. Same network class as Ladder (:mod:`scaling.methods.sidenet`); only the wiring differs.
 """
 
 from __future__ import annotations

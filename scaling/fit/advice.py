@@ -1,0 +1,153 @@
+"""Memory-aware advice: at compute C, the configuration with the lowest predicted loss that fits the card.
+
+    >>> from scaling.fit.advice import advise
+    >>> advise(runs_table, report.methods, spec)     # spec.gpu_mem = "12GB", spec.predict = [1e18]
+    [{"method": "ladder", "C": 1e18, "best_fitting": {"config": {...}, "loss": 1.23, "peak_bytes": ...,
+      "micro_batch_size": 1, ...}, "unconstrained": {...}}, ...]
+
+For every method with an approach-3 fit, the candidates are the method's configurations in the sweep
+with its dial (Ladder's reduction, xLadder's δ, (Q)LoRA's rank) swept over all valid values, and
+gradient checkpointing on and off where the method has it. Each candidate's trainable parameters N and
+exact training FLOPs per token F come from :func:`scaling.flops.cost`, so D = C / F and the predicted
+loss is L(N, D) of the fit — no 6·N·D. Its peak memory is :func:`scaling.flops.memory` at the sweep's
+micro-batch, halved down to 1 until it fits (the batch is made up by accumulation, so this trades time,
+not results). Torch-free, like the rest of the fit.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from scaling import flops, methods
+from scaling.arch import Arch
+from scaling.errors import ScalingError
+from scaling.fit.bootstrap import interval
+from scaling.fit.spec import FitSpec
+from scaling.sweep.grid import dial_values
+
+CONFIG = ("method", "backbone", "backbone_config", "method_config", "seq_len", "micro_batch_size")
+NEEDED = ("run_id", *CONFIG)
+
+
+def _dial_key(cfg) -> str | None:
+    """The config field that sizes it: the method's dial, or ``side_width`` when a Ladder sets it
+    (it then overrides ``reduction``)."""
+    if getattr(cfg, "side_width", None):
+        return "side_width"
+    return type(cfg).dial
+
+
+def _n(cost: flops.Cost, convention: str, kind: str) -> float:
+    if convention == "trainable":
+        return cost.trainable_params
+    if convention == "backbone":
+        return cost.backbone.total
+    return cost.backbone.total + (0 if kind == "full" else cost.trainable_params)
+
+
+def candidates(method: str, base_configs: list[dict[str, Any]], arch: Arch) -> list:
+    cls = methods.config_class(method)
+    out = {}
+    for mc in base_configs:
+        cfg = cls.from_dict(mc, where=f"method {method}")
+        variants = [cfg]
+        key = _dial_key(cfg)
+        if key:
+            for v in dial_values(key, arch):
+                try:
+                    variants.append(cfg.replace(**{key: v}))
+                except (ScalingError, ValueError):
+                    continue
+        if "gradient_checkpointing" in cls.field_names():
+            variants += [c.replace(gradient_checkpointing=not c.gradient_checkpointing)
+                         for c in variants]  # fmt: skip
+        for c in variants:
+            out[json.dumps(c.to_dict(), sort_keys=True)] = c
+    return list(out.values())
+
+
+def advise(table, fits: dict, spec: FitSpec) -> list[dict[str, Any]]:
+    """Best configuration per method and budget that fits ``spec.gpu_mem`` (see module docstring)."""
+    import polars as pl
+
+    if not spec.predict:
+        raise ScalingError("--gpu-mem needs --predict C: the budget to advise for")
+    missing = [c for c in NEEDED if c not in table.columns]
+    if missing:
+        raise ScalingError(
+            f"--gpu-mem needs runs from a sweep directory (column {missing[0]!r} is missing: "
+            "a CSV table has no backbone or method configs)"
+        )
+    cap = flops.parse_bytes(spec.gpu_mem)
+    out = []
+    for m, mf in fits.items():
+        a3 = mf.approach3
+        if a3 is None:
+            continue
+        rows = table.filter(pl.col("run_id").is_in(list(mf.points.run_id)))
+        groups = {}
+        for r in rows.select(CONFIG).unique().iter_rows(named=True):
+            key = (r["method"], r["backbone"], r["backbone_config"], r["seq_len"],
+                   r["micro_batch_size"])  # fmt: skip
+            groups.setdefault(key, []).append(json.loads(r["method_config"]))
+        theta = mf.samples.get("approach3", {}).get("theta")
+        for (name, ref, bc, seq_len, mbs), configs in groups.items():
+            arch = Arch.from_hf_config(json.loads(bc), source=ref)
+            cands = []
+            for cfg in candidates(name, configs, arch):
+                try:
+                    cost = flops.cost(arch, cfg, int(seq_len))
+                except (ScalingError, ValueError):
+                    continue
+                cands.append((cfg, cost, _n(cost, spec.n, cfg.kind)))
+            for C in spec.predict:
+                best = _best(cands, a3, C, arch, int(seq_len), int(mbs), cap)
+                if best is None:
+                    continue
+                fit_entry, free_entry = best
+                for entry in (fit_entry, free_entry):
+                    if entry is not None and theta is not None:
+                        N, D = entry["n"], entry["d"]
+                        draws = (np.exp(theta[:, 4]) + np.exp(theta[:, 0]) * N ** -theta[:, 2]
+                                 + np.exp(theta[:, 1]) * D ** -theta[:, 3])  # fmt: skip
+                        iv = interval(draws, spec.bootstrap.level)
+                        entry["loss_ci"] = None if iv is None else list(iv)
+                out.append({"method": m, "backbone": ref, "C": float(C), "gpu_mem": spec.gpu_mem,
+                            "best_fitting": fit_entry, "unconstrained": free_entry})  # fmt: skip
+    return out
+
+
+def _best(cands, a3, C, arch, seq_len, mbs, cap):
+    scored = []
+    for cfg, cost, n in cands:
+        d = C / cost.train_flops_per_token
+        loss = float(a3.predict(n, d))
+        b, mem = mbs, None
+        while b >= 1:
+            mem = flops.memory(arch, cfg, seq_len, b)
+            if mem.fits(cap):
+                break
+            b //= 2
+        fits = mem is not None and mem.fits(cap)
+        scored.append((loss, cfg, cost, n, d, b if fits else mbs, mem if fits else
+                       flops.memory(arch, cfg, seq_len, mbs), fits))  # fmt: skip
+    if not scored:
+        return None
+    scored.sort(key=lambda s: s[0])
+
+    def entry(s):
+        loss, cfg, cost, n, d, b, mem, fits = s
+        lo, hi = a3.n_range
+        key = _dial_key(cfg)
+        return {"config": cfg.to_dict(), "dial": key and {key: getattr(cfg, key)},
+                "n": float(n), "d": float(d), "loss": loss,
+                "flops_per_token": cost.train_flops_per_token,
+                "trainable_params": cost.trainable_params, "micro_batch_size": b,
+                "peak_bytes": mem.total, "fits": fits,
+                "extrapolated": not lo / 1.01 <= n <= hi * 1.01}  # fmt: skip
+
+    fitting = [s for s in scored if s[-1]]
+    return (entry(fitting[0]) if fitting else None), entry(scored[0])

@@ -1,0 +1,444 @@
+"""One method's fits with bootstrap intervals, frontier bands, predictions and the held-out check.
+
+    >>> from scaling.fit.bootstrap import fit_method
+    >>> mf, excluded = fit_method(points, spec, curves=None, seed=[0, 0])
+
+The bootstrap resamples runs *within each budget* (multinomial counts, so every budget keeps its size)
+and repeats every fit on each resample at once: approach 3 as one batched L-BFGS over resamples ×
+(the point estimate + ``bootstrap.starts`` grid starts), approach 2 as batched weighted parabolas,
+approach 1 as masked envelopes. Intervals are percentiles at ``bootstrap.level``; resamples where a
+fit is undefined (e.g. no interior minimum left) are counted and reported, not silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from scaling.errors import ScalingError
+from scaling.fit import laws
+from scaling.fit.approach3 import fit_approach3, grid_starts, law_grid, outliers
+from scaling.fit.frontier import (
+    ENVELOPE_MIN_RUNS,
+    curve_grid,
+    envelope,
+    fit_frontier_law,
+    fit_power_law,
+    frontier_law_batch,
+    interpolate_curves,
+    optimal_allocation,
+    power_law_batch,
+)
+from scaling.fit.isoflop import OK, IsoFLOPFit, fit_isoflop, isoflop_batch
+from scaling.fit.points import Exclusion, Points
+from scaling.fit.results import (
+    ChinchillaFit,
+    EnvelopeFit,
+    Holdout,
+    MethodFit,
+    OptimalParams,
+    Prediction,
+)
+from scaling.fit.spec import FitSpec
+
+GRID_POINTS = 60
+
+
+def fit_method(
+    points: Points, spec: FitSpec, *, curves=None, seed=0
+) -> tuple[MethodFit, list[Exclusion]] | str:
+    """All approaches for one method, or the reason nothing could be fitted."""
+    notes: list[str] = []
+    dropped: list[Exclusion] = []
+    a3 = None
+    if spec.approach3.enabled:
+        try:
+            a3 = fit_approach3(points, spec)
+            if spec.outlier_sigma > 0:
+                out = outliers(a3, points, spec.outlier_sigma)
+                if out:
+                    keep = np.ones(len(points), dtype=bool)
+                    keep[[i for i, _ in out]] = False
+                    dropped = [
+                        Exclusion(str(points.run_id[i]), points.method, r, "outlier")
+                        for i, r in out
+                    ]
+                    points = points.subset(keep)
+                    a3 = fit_approach3(points, spec)
+        except ScalingError as e:
+            notes.append(f"approach 3 not fitted: {e}")
+            a3 = None
+    a2 = fit_isoflop(points, spec.approach2) if spec.approach2.enabled else None
+    if a2 is not None:
+        notes += [
+            f"approach 2, budget {p.budget:.3g}: {p.reason}" for p in a2.parabolas if p.reason
+        ]
+        if a2.reason:
+            notes.append(f"approach 2 power laws not fitted: {a2.reason}")
+        notes += [f"approach 2: {w}" for w in a2.warnings]
+    a1 = None
+    runs_curves = None
+    if curves is not None and spec.approach1.enabled:
+        runs_curves = _run_curves(points, curves, spec)
+        if len(runs_curves[0]) >= 2:
+            a1 = _fit_envelope(points, runs_curves, spec)
+        else:
+            notes.append(
+                f"approach 1 not fitted: {len(runs_curves[0])} run(s) with ≥ 2 logged "
+                f"{spec.approach1.curve} points after skipping the first "
+                f"{spec.approach1.skip_fraction:.0%} of steps"
+            )
+    if a3 is None and (a2 is None or a2.n_opt is None) and (a1 is None or a1.n_opt is None):
+        return "nothing could be fitted (" + "; ".join(notes or ["no approach enabled"]) + ")"
+    predict = np.array(sorted(set(spec.predict)), dtype=float)
+    hi = max([points.budgets.max() * 2, *predict]) if len(predict) else points.budgets.max() * 2
+    grid = np.geomspace(points.budgets.min() / 2, hi, GRID_POINTS)
+    evalC = np.concatenate([grid, predict])
+    boot = _bootstrap(points, spec, a3, a2, a1, runs_curves, evalC, seed)
+    level = spec.bootstrap.level
+    a3 = a3 and _with_ci(a3, boot.get("approach3", {}), level)
+    if a2 is not None and "approach2" in boot:
+        a2 = _isoflop_ci(a2, boot["approach2"], level)
+    if a1 is not None and "approach1" in boot:
+        a1 = _envelope_ci(a1, boot["approach1"], level)
+    curves_at = _frontiers(points, a3, a2, a1, evalC, boot, level)
+    frontier = {k: {c: v[: len(grid)] for c, v in d.items()} for k, d in curves_at.items()}
+    predictions = _predictions(points, a3, curves_at, predict, len(grid))
+    opt = _optimal_params(a2, a3, spec)
+    mf = MethodFit(
+        method=points.method, points=points, approach3=a3, approach2=a2, approach1=a1,
+        optimal_params=opt, predictions=tuple(predictions),
+        holdout=holdout(points, spec, a3 and a3.theta) if spec.holdout.budgets else None,
+        frontier=frontier, notes=tuple(notes),
+        bootstrap={k: v["info"] for k, v in boot.items()} | {"level": level},
+        samples={k: v["params"] | ({"theta": v["theta"]} if "theta" in v else {})
+                 for k, v in boot.items()},
+    )  # fmt: skip
+    return mf, dropped
+
+
+# --------------------------------------------------------------------------------------------------
+# Bootstrap
+
+
+def resample_weights(points: Points, r: int, rng: np.random.Generator) -> np.ndarray:
+    """(r, n) multiplicities: each budget's runs drawn with replacement, the budget's size kept."""
+    W = np.zeros((r, len(points)))
+    for g in range(len(points.budgets)):
+        idx = np.flatnonzero(points.group == g)
+        W[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=r)
+    return W
+
+
+def interval(samples: np.ndarray, level: float) -> tuple[float, float] | None:
+    s = np.asarray(samples, dtype=float)
+    s = s[np.isfinite(s)]
+    if s.size < 10:
+        return None
+    q = (1 - level) / 2
+    lo, hi = np.quantile(s, [q, 1 - q])
+    return float(lo), float(hi)
+
+
+def _cis(samples: dict[str, np.ndarray], level: float) -> dict[str, tuple[float, float]]:
+    out = {}
+    for k, v in samples.items():
+        iv = interval(v, level)
+        if iv is not None:
+            out[k] = iv
+    return out
+
+
+def _bands(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column percentile band of (R, m) samples (NaN where fewer than 10 are finite)."""
+    q = (1 - level) / 2
+    ok = np.isfinite(samples).sum(axis=0) >= 10
+    lo = np.full(samples.shape[1], np.nan)
+    hi = np.full(samples.shape[1], np.nan)
+    if ok.any():
+        lo[ok], hi[ok] = np.nanquantile(samples[:, ok], [q, 1 - q], axis=0)
+    return lo, hi
+
+
+def _bootstrap(points, spec, a3, a2, a1, runs_curves, evalC, seed) -> dict[str, dict[str, Any]]:
+    """Resampled fits: per approach, parameter samples and N*/D*/L* (R, len(evalC))."""
+    r = spec.bootstrap.resamples
+    if r == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    W = resample_weights(points, r, rng)
+    out: dict[str, dict[str, Any]] = {}
+    if a3 is not None:
+        grid = grid_starts(spec.approach3)
+        k = min(spec.bootstrap.starts, len(grid))
+        starts = np.vstack([a3.theta[None], grid[rng.choice(len(grid), k, replace=False)]])
+        X = np.log(np.c_[points.N, points.D])
+        th, _ = laws.refit_lse(
+            X, np.log(points.L), W, starts, delta=spec.approach3.delta, x0=X.mean(axis=0)
+        )
+        N, D, L = optimal_allocation(th, a3.flops, evalC)
+        cgrid = law_grid(a3.c_range)
+        Nc, Dc, Lc = optimal_allocation(th, a3.flops, cgrid)
+        gap = Lc - np.exp(th[:, 4:5])
+        fin = (np.isfinite(Nc).all(axis=1) & (gap > 0).all(axis=1))[:, None].astype(float)
+        nl = power_law_batch(np.log(cgrid), np.log(np.where(fin > 0, Nc, 1.0)), fin)
+        dl = power_law_batch(np.log(cgrid), np.log(np.where(fin > 0, Dc, 1.0)), fin)
+        gl = power_law_batch(np.log(cgrid), np.log(np.where(fin > 0, gap, 1.0)), fin)
+        al, be = th[:, 2], th[:, 3]
+        params = {"E": np.exp(th[:, 4]), "A": np.exp(th[:, 0]), "B": np.exp(th[:, 1]),
+                  "alpha": al, "beta": be, "loss_exponent": -gl[:, 1],
+                  "n_opt.A": np.exp(nl[:, 0]), "n_opt.a": nl[:, 1],
+                  "d_opt.A": np.exp(dl[:, 0]), "d_opt.a": dl[:, 1]}  # fmt: skip
+        failed = int((~np.isfinite(N).all(axis=1)).sum())
+        out["approach3"] = {"params": params, "N": N, "D": D, "L": L, "theta": th,
+                            "info": {"resamples": r, "failed": failed}}  # fmt: skip
+    if a2 is not None and a2.n_opt is not None:
+        b = isoflop_batch(points, spec.approach2, W)
+        ok = (b["status"] == OK).astype(float)
+        enough = ok.sum(axis=1) >= 2
+        ok[~enough] = 0
+        logC = np.log(points.budgets)
+        nl = power_law_batch(logC, np.log(np.where(ok > 0, b["n_opt"], 1.0)), ok)
+        dl = power_law_batch(logC, np.log(np.where(ok > 0, b["d_opt"], 1.0)), ok)
+        ll = frontier_law_batch(points.budgets, np.where(ok > 0, b["loss_opt"], np.nan), ok,
+                                a2.loss, delta=spec.approach3.delta)  # fmt: skip
+        out["approach2"] = _law_samples(nl, dl, ll, evalC, r, int((~enough).sum()))
+        out["approach2"]["budgets"] = {
+            k: np.where(b["status"] == OK, b[k], np.nan) for k in ("n_opt", "d_opt", "loss_opt")
+        }
+    if a1 is not None:
+        rows, grid, Lm, Dm = runs_curves[0], runs_curves[1], runs_curves[2], runs_curves[3]
+        mask = W[:, rows] > 0  # (R, runs)
+        Lr = np.where(mask[:, :, None], Lm[None], np.inf)
+        best = Lr.argmin(axis=1)  # (R, m)
+        Le = np.take_along_axis(Lr, best[:, None, :], axis=1)[:, 0]
+        Ne = points.N[rows][best]
+        De = Dm[best, np.arange(len(grid))[None, :]]
+        covered = np.isfinite(Lr).sum(axis=1) >= min(ENVELOPE_MIN_RUNS, len(rows))
+        ok = np.isfinite(Le) & np.isfinite(De) & covered
+        w = ok.astype(float)
+        nl = power_law_batch(np.log(grid), np.log(np.where(ok, Ne, 1.0)), w)
+        dl = power_law_batch(np.log(grid), np.log(np.where(ok, De, 1.0)), w)
+        ll = frontier_law_batch(grid, np.where(ok, Le, np.nan), w, a1.loss,
+                                delta=spec.approach3.delta)  # fmt: skip
+        out["approach1"] = _law_samples(nl, dl, ll, evalC, r, 0)
+    return out
+
+
+def _law_samples(nl, dl, ll, evalC, r, failed) -> dict[str, Any]:
+    E, A, alpha = ll[:, 0], ll[:, 1], ll[:, 2]
+    params = {"n_opt.A": np.exp(nl[:, 0]), "n_opt.a": nl[:, 1], "d_opt.A": np.exp(dl[:, 0]),
+              "d_opt.a": dl[:, 1], "loss.E": E, "loss.A": A, "loss.alpha": alpha}  # fmt: skip
+    lc = np.log(evalC)[None, :]
+    N = np.exp(nl[:, :1] + nl[:, 1:] * lc)
+    D = np.exp(dl[:, :1] + dl[:, 1:] * lc)
+    L = E[:, None] + A[:, None] * np.exp(-alpha[:, None] * lc)
+    bad = ~(np.isfinite(nl).all(axis=1) & np.isfinite(ll).all(axis=1))
+    return {"params": params, "N": N, "D": D, "L": L,
+            "info": {"resamples": r, "failed": int(max(failed, bad.sum()))}}  # fmt: skip
+
+
+def _with_ci(a3: ChinchillaFit, boot: dict, level: float) -> ChinchillaFit:
+    if not boot:
+        return a3
+    ci = _cis(boot["params"], level)
+    n_opt = a3.n_opt and dataclasses.replace(a3.n_opt, ci=_sub(ci, "n_opt."))
+    d_opt = a3.d_opt and dataclasses.replace(a3.d_opt, ci=_sub(ci, "d_opt."))
+    return dataclasses.replace(a3, ci={k: v for k, v in ci.items() if "." not in k},
+                               n_opt=n_opt, d_opt=d_opt)  # fmt: skip
+
+
+def _sub(ci: dict, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in ci.items() if k.startswith(prefix)}
+
+
+def _isoflop_ci(a2: IsoFLOPFit, boot: dict, level: float) -> IsoFLOPFit:
+    ci = _cis(boot["params"], level)
+    parabolas = []
+    for g, p in enumerate(a2.parabolas):
+        pci = _cis({k: v[:, g] for k, v in boot["budgets"].items()}, level)
+        parabolas.append(dataclasses.replace(p, ci=pci) if p.status == "ok" else p)
+    return dataclasses.replace(
+        a2,
+        parabolas=tuple(parabolas),
+        n_opt=dataclasses.replace(a2.n_opt, ci=_sub(ci, "n_opt.")),
+        d_opt=dataclasses.replace(a2.d_opt, ci=_sub(ci, "d_opt.")),
+        loss=dataclasses.replace(a2.loss, ci=_sub(ci, "loss.")),
+    )
+
+
+def _envelope_ci(a1: EnvelopeFit, boot: dict, level: float) -> EnvelopeFit:
+    ci = _cis(boot["params"], level)
+    return dataclasses.replace(
+        a1,
+        n_opt=a1.n_opt and dataclasses.replace(a1.n_opt, ci=_sub(ci, "n_opt.")),
+        d_opt=a1.d_opt and dataclasses.replace(a1.d_opt, ci=_sub(ci, "d_opt.")),
+        loss=a1.loss and dataclasses.replace(a1.loss, ci=_sub(ci, "loss.")),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Frontiers, predictions, optimal_params
+
+
+def _frontiers(points, a3, a2, a1, C, boot, level) -> dict[str, dict[str, np.ndarray]]:
+    out = {}
+    laws = {"approach3": a3, "approach2": a2, "approach1": a1}
+    for name, fit in laws.items():
+        if fit is None:
+            continue
+        if name == "approach3":
+            N, D, L = fit.optimal(C)
+        elif fit.n_opt is None:
+            continue
+        else:
+            N, D, L = fit.n_opt(C), fit.d_opt(C), fit.loss(C)
+        cols = {"C": C, "N": N, "D": D, "L": L}
+        b = boot.get(name)
+        for key in ("N", "D", "L"):
+            lo, hi = _bands(b[key], level) if b else (np.full(len(C), np.nan),) * 2
+            cols[f"{key}_lo"], cols[f"{key}_hi"] = lo, hi
+        out[name] = cols
+    return out
+
+
+def _predictions(points, a3, curves_at, predict, offset) -> list[Prediction]:
+    out = []
+    cmax = points.budgets.max() * 1.01
+    for j, c in enumerate(predict):
+        for name, cols in curves_at.items():
+            i = offset + j
+            vals = [cols[k][i] for k in ("N", "D", "L")]
+            n = vals[0]
+            extra = c > cmax or (
+                name == "approach3" and np.isfinite(n)
+                and not a3.n_range[0] / 1.01 <= n <= a3.n_range[1] * 1.01
+            )  # fmt: skip
+            ci = {}
+            for key, label in (("N", "n_opt"), ("D", "d_opt"), ("L", "loss")):
+                lo, hi = cols[f"{key}_lo"][i], cols[f"{key}_hi"][i]
+                if np.isfinite(lo) and np.isfinite(hi):
+                    ci[label] = (float(lo), float(hi))
+            out.append(
+                Prediction(
+                    float(c),
+                    name,
+                    *(float(v) if np.isfinite(v) else None for v in vals),
+                    bool(extra),
+                    ci,
+                )  # fmt: skip
+            )
+    return out
+
+
+def _optimal_params(a2, a3, spec) -> OptimalParams | None:
+    """Approach 2's N*(C) (measured isoFLOP minima) when it exists, else approach 3's."""
+    if a2 is not None and a2.n_opt is not None:
+        return OptimalParams(a2.n_opt.A, a2.n_opt.a, "approach2", spec.n, a2.n_opt.ci)
+    if a3 is not None and a3.n_opt is not None:
+        return OptimalParams(a3.n_opt.A, a3.n_opt.a, "approach3", spec.n, a3.n_opt.ci)
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Approach 1
+
+
+def _run_curves(points: Points, curves, spec: FitSpec):
+    """(row indices into points, grid, L matrix, D matrix) from a per-step metrics table."""
+    import polars as pl
+
+    s = spec.approach1
+    need = {"run_id", "kind", "step", "flops", "tokens", "loss"}
+    missing = need - set(curves.columns)
+    if missing:
+        raise ScalingError(f"metrics table lacks column(s) {', '.join(sorted(missing))}")
+    index = {str(r): i for i, r in enumerate(points.run_id)}
+    df = curves.filter(
+        (pl.col("kind") == s.curve) & pl.col("run_id").cast(pl.Utf8).is_in(list(index))
+    )
+    rows, data = [], []
+    for (rid,), part in df.partition_by("run_id", as_dict=True).items():
+        part = part.sort("step")
+        last = part["step"].max()
+        part = part.filter(
+            (pl.col("step") > s.skip_fraction * last)
+            & (pl.col("flops") > 0) & (pl.col("loss") > 0) & (pl.col("tokens") > 0)
+            & pl.col("loss").is_finite()
+        )  # fmt: skip
+        if part.height >= 2:
+            rows.append(index[str(rid)])
+            data.append(
+                tuple(part[c].to_numpy().astype(float) for c in ("flops", "loss", "tokens"))
+            )
+    if len(rows) < 2:
+        return rows, None, None, None
+    order = np.argsort(rows)
+    rows = [rows[i] for i in order]
+    data = [data[i] for i in order]
+    grid = curve_grid(data, s.points)
+    Lm, Dm = interpolate_curves(data, grid)
+    return np.array(rows), grid, Lm, Dm
+
+
+def _fit_envelope(points: Points, runs_curves, spec: FitSpec) -> EnvelopeFit:
+    rows, grid, Lm, Dm = runs_curves
+    env = envelope(grid, Lm, Dm, points.N[rows], points.run_id[rows], spec.approach1.curve)
+    if len(env.C) < 2:
+        return EnvelopeFit(env, None, None, None)
+    return EnvelopeFit(
+        env,
+        fit_power_law(env.C, env.N),
+        fit_power_law(env.C, env.D),
+        fit_frontier_law(env.C, env.L, delta=spec.approach3.delta),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Held-out check
+
+
+def holdout_starts(spec: FitSpec, best: np.ndarray | None) -> np.ndarray:
+    """Starts for the held-out refit: every 10th grid start plus the full fit's optimum (a fit on
+    fewer budgets lies in the same basin far more often than not) — a tenth of the grid's cost."""
+    grid = grid_starts(spec.approach3)
+    if len(grid) <= 500:
+        return grid if best is None else np.vstack([best[None], grid])
+    return grid[::10] if best is None else np.vstack([best[None], grid[::10]])
+
+
+def holdout(points: Points, spec: FitSpec, best: np.ndarray | None = None) -> Holdout:
+    """Fit on all but the ``holdout.budgets`` largest budgets; predict the held-out runs. ``best``:
+    the full fit's raw θ, used as one of the starts."""
+    k = spec.holdout.budgets
+    nb = len(points.budgets)
+    held = tuple(float(b) for b in points.budgets[nb - k :]) if nb > k else ()
+    if nb < k + 2:
+        return Holdout(held, 0, 0, None, None,
+                       reason=f"{nb} budget(s): holding out {k} needs ≥ {k + 2}")  # fmt: skip
+    test = points.group >= nb - k
+    train, tested = points.subset(~test), points.subset(test)
+    mape = bias = l_err = n_ratio = None
+    reasons = []
+    if spec.approach3.enabled:
+        try:
+            a3 = fit_approach3(train, spec, starts=holdout_starts(spec, best))
+            rel = a3.predict(tested.N, tested.D) / tested.L - 1
+            mape, bias = float(np.mean(np.abs(rel))), float(np.mean(rel))
+        except ScalingError as e:
+            reasons.append(f"approach 3: {e}")
+    if spec.approach2.enabled:
+        a2_train = fit_isoflop(train, spec.approach2)
+        a2_test = fit_isoflop(tested, spec.approach2).parabolas[-1]
+        if a2_train.n_opt is not None and a2_test.status == "ok":
+            c = a2_test.budget
+            l_err = float(a2_train.loss(c) / a2_test.loss_opt - 1)
+            n_ratio = float(a2_train.n_opt(c) / a2_test.n_opt)
+        else:
+            reasons.append(
+                "approach 2: " + (a2_train.reason or f"held-out budget: {a2_test.reason}")
+            )
+    return Holdout(held, len(train), len(tested), mape, bias, l_err, n_ratio,
+                   "; ".join(reasons) or None)  # fmt: skip

@@ -1,0 +1,244 @@
+"""Sweep run directories → one tidy table of runs (and one of their per-step metrics), cached as Parquet.
+
+    >>> from scaling.fit import collect
+    >>> c = collect.collect(["runs/quickstart", "runs/more"])    # several directories at once
+    >>> c.runs.select("run_id", "method", "budget", "status", "final_eval_loss")
+    >>> c.curves                                                 # run_id, kind, step, tokens, flops, loss, …
+    >>> c.table(spec)                                            # + last_k_eval_loss for spec.loss
+
+A run directory (:mod:`scaling.sweep`, :mod:`scaling.runspec`) holds ``manifest.parquet`` (one row per planned run) and
+``runs/<run_id>/spec.json``; a trained run adds ``result.json`` (status success | failed | diverged |
+cancelled, final losses, realised tokens and FLOPs, parameter counts) and ``metrics.parquet`` (kind
+train | eval, step, tokens, cumulative flops, loss, ...). A run without ``result.json`` is ``not
+finished``; the fit excludes it and every non-success run with the reason.
+
+One row per run: ``run_id, sweep, source, method, dial, backbone, budget, seed, status, error,
+final_eval_loss, final_train_loss, steps, planned_steps, tokens, planned_tokens, flops, planned_flops,
+flops_per_token, trainable_params, backbone_params, total_params, wall_time_s, tokens_per_s,
+peak_memory_bytes, seq_len, micro_batch_size, batch_tokens, backbone_config, method_config`` (the last
+two as JSON text). ``total_params`` is backbone + trainable (the backbone alone for full fine-tuning).
+
+The tables are cached in ``RUN_DIR/.collect/`` and reused while no manifest, spec, result or metrics file
+has changed (size and modification time); a read-only directory is simply collected every time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from scaling.errors import ScalingError
+from scaling.io import atomic_dir, write_json
+
+CACHE_DIR = ".collect"
+CACHE_VERSION = 1
+CURVE_COLUMNS = ("run_id", "kind", "step", "tokens", "flops", "loss")
+RESULT_FIELDS = ("status", "error", "final_eval_loss", "final_train_loss", "steps", "planned_steps",
+                 "tokens", "planned_tokens", "flops", "planned_flops", "flops_per_token",
+                 "trainable_params", "backbone_params", "wall_time_s", "tokens_per_s",
+                 "peak_memory_bytes")  # fmt: skip
+FLOAT_COLUMNS = ("budget", "final_eval_loss", "final_train_loss", "tokens", "planned_tokens",
+                 "flops", "planned_flops", "flops_per_token", "trainable_params",
+                 "backbone_params", "total_params", "wall_time_s", "tokens_per_s",
+                 "peak_memory_bytes")  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Collected:
+    runs: pl.DataFrame
+    curves: pl.DataFrame | None
+    """Per-step metrics of every run that logged any (None: no run did)."""
+    sources: list[str]
+    warnings: list[str]
+
+    def table(self, spec=None) -> pl.DataFrame:
+        """The runs, plus ``last_k_eval_loss`` when ``spec.loss`` is ``last_k_eval``."""
+        if spec is None or spec.loss != "last_k_eval":
+            return self.runs
+        return add_last_k(self.runs, self.curves, spec.last_k)
+
+
+def collect(dirs: list[str | Path] | str | Path, *, cache: bool = True) -> Collected:
+    """Collect one or several run directories into one table (duplicate run ids: first kept)."""
+    if isinstance(dirs, (str, Path)):
+        dirs = [dirs]
+    parts = [collect_dir(d, cache=cache) for d in dirs]
+    runs = pl.concat([p.runs for p in parts], how="diagonal_relaxed")
+    warnings = [w for p in parts for w in p.warnings]
+    dup = runs["run_id"].is_duplicated()
+    if dup.any():
+        ids = sorted(set(runs.filter(dup)["run_id"].to_list()))
+        warnings.append(f"{len(ids)} run id(s) appear in several directories; first kept: {ids[0]}")
+        runs = runs.unique("run_id", keep="first", maintain_order=True)
+    curves = [p.curves for p in parts if p.curves is not None]
+    return Collected(
+        runs,
+        pl.concat(curves, how="diagonal_relaxed") if curves else None,
+        [s for p in parts for s in p.sources],
+        warnings,
+    )
+
+
+def collect_dir(run_dir: str | Path, *, cache: bool = True) -> Collected:
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise ScalingError(f"run directory not found: {root}")
+    if not (root / "manifest.parquet").is_file() and not (root / "runs").is_dir():
+        raise ScalingError(f"{root} is not a sweep run directory (no manifest.parquet, no runs/)")
+    key = _fingerprint(root)
+    cached = _read_cache(root, key) if cache else None
+    if cached is not None:
+        return cached
+    runs, curves, warnings = _collect(root)
+    result = Collected(runs, curves, [str(root)], warnings)
+    if cache:
+        try:
+            with atomic_dir(root / CACHE_DIR) as tmp:
+                runs.write_parquet(tmp / "runs.parquet")
+                if curves is not None:
+                    curves.write_parquet(tmp / "curves.parquet")
+                write_json(tmp / "key.json", {"key": key, "warnings": warnings})
+        except OSError as e:
+            warnings.append(f"{root}: cache not written ({e.strerror or e})")
+    return result
+
+
+def _files(root: Path) -> list[Path]:
+    files = [root / "manifest.parquet"]
+    runs = root / "runs"
+    if runs.is_dir():
+        for d in sorted(runs.iterdir()):
+            files += [d / "spec.json", d / "result.json", d / "metrics.parquet"]
+    return [f for f in files if f.is_file()]
+
+
+def _fingerprint(root: Path) -> str:
+    h = hashlib.sha1(f"collect-v{CACHE_VERSION}".encode())
+    for f in _files(root):
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_cache(root: Path, key: str) -> Collected | None:
+    d = root / CACHE_DIR
+    try:
+        meta = json.loads((d / "key.json").read_text())
+        if meta.get("key") != key:
+            return None
+        runs = pl.read_parquet(d / "runs.parquet")
+        curves = pl.read_parquet(d / "curves.parquet") if (d / "curves.parquet").is_file() else None
+    except (OSError, ValueError, pl.exceptions.PolarsError):
+        return None
+    return Collected(runs, curves, [str(root)], list(meta.get("warnings", [])))
+
+
+def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"unreadable {path.name}: {e}"
+    if not isinstance(data, dict):
+        return None, f"unreadable {path.name}: not a JSON object"
+    return data, None
+
+
+def _collect(root: Path) -> tuple[pl.DataFrame, pl.DataFrame | None, list[str]]:
+    warnings: list[str] = []
+    planned: dict[str, dict[str, Any]] = {}
+    if (root / "manifest.parquet").is_file():
+        for row in pl.read_parquet(root / "manifest.parquet").iter_rows(named=True):
+            planned[str(row["run_id"])] = row
+    run_dirs = {d.name: d for d in sorted((root / "runs").glob("*")) if d.is_dir()}
+    for rid in run_dirs:
+        planned.setdefault(rid, {"run_id": rid})
+    rows, curves = [], []
+    for rid, man in planned.items():
+        d = run_dirs.get(rid, root / "runs" / rid)
+        spec, err = _read_json(d / "spec.json") if (d / "spec.json").is_file() else ({}, None)
+        if err:
+            warnings.append(f"{rid}: {err}")
+            spec = {}
+        base = {**man, **spec}
+        row = {
+            "run_id": rid, "sweep": base.get("sweep"), "source": str(root),
+            "method": base.get("method"), "dial": base.get("dial"),
+            "backbone": base.get("backbone"), "budget": base.get("budget"),
+            "seed": base.get("seed"), "status": "not finished", "error": "no result.json",
+            "steps": None, "planned_steps": base.get("steps"), "tokens": None,
+            "planned_tokens": base.get("tokens"), "flops": None,
+            "planned_flops": base.get("realised_flops"),
+            "flops_per_token": base.get("flops_per_token"),
+            "trainable_params": base.get("trainable_params"),
+            "backbone_params": base.get("backbone_params"),
+            "final_eval_loss": None, "final_train_loss": None, "wall_time_s": None,
+            "tokens_per_s": None, "peak_memory_bytes": None, "seq_len": base.get("seq_len"),
+            "micro_batch_size": base.get("micro_batch_size"),
+            "batch_tokens": base.get("batch_tokens"),
+            "backbone_config": _json(spec.get("backbone_config")),
+            "method_config": _json(spec.get("method_config")),
+        }  # fmt: skip
+        if (d / "result.json").is_file():
+            result, err = _read_json(d / "result.json")
+            if err:
+                row |= {"status": "unreadable", "error": err}
+            else:
+                row["error"] = None
+                row |= {k: result[k] for k in RESULT_FIELDS if k in result}
+                for k in ("method", "dial", "budget", "seed", "sweep", "backbone"):
+                    if row[k] is None and result.get(k) is not None:
+                        row[k] = result[k]
+                if row["method_config"] is None and result.get("method_config") is not None:
+                    row["method_config"] = _json(result["method_config"])
+        if (d / "metrics.parquet").is_file():
+            try:
+                m = pl.read_parquet(d / "metrics.parquet")
+                curves.append(m.with_columns(pl.lit(rid).alias("run_id")))
+            except (OSError, pl.exceptions.PolarsError) as e:
+                warnings.append(f"{rid}: unreadable metrics.parquet ({e})")
+        full = row["method"] == "full"
+        if row["trainable_params"] is not None and row["backbone_params"] is not None:
+            row["total_params"] = row["backbone_params"] + (0 if full else row["trainable_params"])
+        else:
+            row["total_params"] = None
+        rows.append(row)
+    if not rows:
+        raise ScalingError(f"{root} holds no runs")
+    table = pl.DataFrame(rows, infer_schema_length=None).with_columns(
+        [pl.col(c).cast(pl.Float64) for c in FLOAT_COLUMNS]
+    )
+    curve_table = None
+    if curves:
+        curve_table = pl.concat(curves, how="diagonal_relaxed")
+        missing = [c for c in CURVE_COLUMNS if c not in curve_table.columns]
+        if missing:
+            warnings.append(f"{root}: metrics lack column(s) {', '.join(missing)}; no curves")
+            curve_table = None
+    return table, curve_table, warnings
+
+
+def _json(v: Any) -> str | None:
+    return None if v is None else json.dumps(v, sort_keys=True)
+
+
+def add_last_k(runs: pl.DataFrame, curves: pl.DataFrame | None, k: int) -> pl.DataFrame:
+    """``last_k_eval_loss``: mean of each run's last ``k`` eval losses (fewer if it logged fewer);
+    ``n_eval``: how many it logged."""
+    if curves is None:
+        return runs.with_columns(
+            pl.lit(None, dtype=pl.Float64).alias("last_k_eval_loss"),
+            pl.lit(0, dtype=pl.Int64).alias("n_eval"),
+        )
+    ev = (
+        curves.filter(pl.col("kind") == "eval")
+        .sort("run_id", "step")
+        .group_by("run_id", maintain_order=True)
+        .agg(pl.col("loss").tail(k).mean().alias("last_k_eval_loss"), pl.len().alias("n_eval"))
+    )
+    out = runs.join(ev, on="run_id", how="left")
+    return out.with_columns(pl.col("n_eval").fill_null(0))

@@ -1,0 +1,152 @@
+"""Method comparison: frontiers L*(C) side by side, compute multipliers at equal loss, crossovers, and
+exponent differences, each with a bootstrap interval.
+
+    >>> from scaling.fit.compare import compare
+    >>> cmp = compare(report.methods, spec)       # what fits.json holds under "comparison"
+    >>> cmp["multipliers"][0]                      # {"method": "qlora", "versus": "ladder", "C": ..,
+    ...                                            #  "multiplier": 1.7, "ci": [1.3, 2.4], ...}
+
+The compute multiplier of method a versus b at compute C is C_a / C, where a's frontier reaches b's
+frontier loss at C: L*_a(C_a) = L*_b(C). Above 1, a needs that many times more compute for the same
+loss; inf means a's frontier never gets that low. Methods are fitted on disjoint runs, so their
+bootstrap draws are independent and are paired draw by draw for differences and ratios.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from scaling.fit.bootstrap import interval
+from scaling.fit.frontier import compute_multiplier, crossovers, optimal_allocation
+from scaling.fit.spec import FitSpec
+
+ORDER = ("approach3", "approach2", "approach1")
+EXPONENTS = {
+    "approach3": ("alpha", "beta", "loss_exponent", "n_opt.a"),
+    "approach2": ("n_opt.a", "d_opt.a", "loss.alpha"),
+    "approach1": ("n_opt.a", "d_opt.a", "loss.alpha"),
+}
+
+
+def _has(mf, approach: str) -> bool:
+    fit = getattr(mf, approach)
+    if fit is None:
+        return False
+    return approach == "approach3" or fit.loss is not None
+
+
+def frontier_loss(mf, approach: str, C: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """L*(C) of one method by one approach: the point estimate (m,) and bootstrap draws (R, m)."""
+    fit = getattr(mf, approach)
+    draws = mf.samples.get(approach)
+    if approach == "approach3":
+        point = fit.optimal(C)[2]
+        samples = optimal_allocation(draws["theta"], fit.flops, C)[2] if draws else None
+        return point, samples
+    point = fit.loss(C)
+    if not draws:
+        return point, None
+    E, A, al = (np.asarray(draws[f"loss.{k}"])[:, None] for k in ("E", "A", "alpha"))
+    return point, E + A * C[None, :] ** -al
+
+
+def compare(methods: dict, spec: FitSpec) -> dict[str, Any]:
+    names = sorted(methods)
+    wanted = spec.compare.source
+    source: dict[str, str] = {}
+    notes = []
+    for m in names:
+        pick = next((a for a in (wanted, *ORDER) if _has(methods[m], a)), None)
+        if pick is None:
+            notes.append(f"{m}: no frontier to compare")
+            continue
+        if pick != wanted:
+            notes.append(f"{m}: no {wanted} frontier, compared by {pick}")
+        source[m] = pick
+    names = [m for m in names if m in source]
+    budgets = np.concatenate([methods[m].points.budgets for m in names])
+    cmin, cmax = budgets.min(), max([budgets.max(), *spec.predict])
+    grid = np.geomspace(cmin / 1e3, cmax * 1e4, 400)
+    refs = sorted(set(spec.predict)) or [float(budgets.max())]
+    curves = {m: frontier_loss(methods[m], source[m], grid) for m in names}
+    at_ref = {m: frontier_loss(methods[m], source[m], np.array(refs, dtype=float)) for m in names}
+    base = spec.compare.baseline
+    if base is not None and base not in names:
+        notes.append(f"baseline {base!r} has no frontier; comparing every pair")
+        base = None
+    pairs = [(a, b) for a in names for b in names if a != b and (base is None or b == base)]
+    level = spec.bootstrap.level
+    multipliers = []
+    for a, b in pairs:
+        for j, c in enumerate(refs):
+            value = compute_multiplier(grid, curves[a][0], np.array([at_ref[b][0][j]]), c)[0]
+            entry = {"method": a, "versus": b, "C": c, "source": [source[a], source[b]],
+                     "multiplier": _num(value),
+                     "reached": None if np.isnan(value) else bool(np.isfinite(value)),
+                     "ci": None, "unreached_fraction": None}  # fmt: skip
+            if curves[a][1] is not None and at_ref[b][1] is not None:
+                r = min(len(curves[a][1]), len(at_ref[b][1]))
+                draws = compute_multiplier(grid, curves[a][1][:r], at_ref[b][1][:r, j], c)
+                entry["unreached_fraction"] = float(np.mean(np.isinf(draws)))
+                finite = np.where(np.isinf(draws), np.nan, draws)
+                entry["ci"] = _list(interval(finite, level))
+            multipliers.append(entry)
+    cross = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            lo = min(methods[a].points.budgets.min(), methods[b].points.budgets.min())
+            hi = max(methods[a].points.budgets.max(), methods[b].points.budgets.max())
+            for c, sign in crossovers(grid, curves[a][0], curves[b][0]):
+                better = a if sign > 0 else b
+                cross.append({"methods": [a, b], "C": c, "observed": bool(lo <= c <= hi),
+                              "better_above": better})  # fmt: skip
+    return {
+        "source": wanted, "reference_C": refs, "multipliers": multipliers, "crossovers": cross,
+        "exponents": _exponents(methods, names, source, level), "notes": notes,
+        "grid": {"C": grid.tolist(), **{m: curves[m][0].tolist() for m in names}},
+    }  # fmt: skip
+
+
+def _exponents(methods, names, source, level) -> list[dict[str, Any]]:
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if source[a] != source[b]:
+                continue
+            approach = source[a]
+            for key in EXPONENTS[approach]:
+                va, vb = _point(methods[a], approach, key), _point(methods[b], approach, key)
+                if va is None or vb is None:
+                    continue
+                entry = {"approach": approach, "exponent": key, "methods": [a, b],
+                         "values": [va, vb], "difference": va - vb, "ci": None,
+                         "significant": None}  # fmt: skip
+                da = methods[a].samples.get(approach, {}).get(key)
+                db = methods[b].samples.get(approach, {}).get(key)
+                if da is not None and db is not None:
+                    r = min(len(da), len(db))
+                    iv = interval(np.asarray(da[:r]) - np.asarray(db[:r]), level)
+                    entry["ci"] = _list(iv)
+                    entry["significant"] = None if iv is None else bool(iv[0] > 0 or iv[1] < 0)
+                out.append(entry)
+    return out
+
+
+def _point(mf, approach: str, key: str) -> float | None:
+    fit = getattr(mf, approach)
+    obj = fit
+    for part in key.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return float(obj)
+
+
+def _num(v: float) -> float | None:
+    return None if not np.isfinite(v) else float(v)
+
+
+def _list(iv):
+    return None if iv is None else [iv[0], iv[1]]

@@ -1,0 +1,88 @@
+"""Scaling-law fits: a table of runs in, typed results out. Importable without torch.
+
+    >>> from scaling import fit
+    >>> from scaling.fit import collect
+    >>> spec = fit.load_spec("analysis/default.toml")
+    >>> runs = collect.collect(["runs/quickstart"])                   # tidy table of every run
+    >>> report = fit.fit(runs.table(spec), spec, fit.Columns.for_runs(spec), curves=runs.curves)
+    >>> m = report.methods["ladder"]
+    >>> m.approach3.alpha, m.approach3.ci["alpha"]                     # L = E + A/N^α + B/D^β
+    >>> m.approach2.n_opt.A, m.approach2.n_opt.a                      # N*(C) = A·C^a (isoFLOP minima)
+    >>> report.to_json()["methods"]["ladder"]["optimal_params"]       # what `scaling sweep --from-fit` reads
+
+Per method (docs/fitting.md has the methodology and its traps):
+
+* approach 3 (:mod:`scaling.fit.approach3`, :mod:`scaling.fit.laws`): L(N, D) = E + A/N^α + B/D^β on every point, log-space LSE
+  parametrisation, SUM of Huber(δ = 1e-3), L-BFGS-B with analytic gradients from Chinchilla's 4500-start
+  grid run as one batch; the spread of objectives over starts and any bound hit are reported. The
+  compute-optimal N*(C), D*(C), L*(C) minimise L(N, C/F(N)) with the runs' own FLOPs per token F(N)
+  (:func:`scaling.fit.frontier.optimal_allocation`), not 6·N·D.
+* approach 2 (:mod:`scaling.fit.isoflop`): per-budget parabolas with the interior-minimum guard, then power
+  laws N*(C), D*(C) and L*(C) = E + A·C^−α through the minima.
+* approach 1 (:mod:`scaling.fit.frontier`): the envelope of the runs' loss-vs-FLOPs curves, when per-step
+  logs are given.
+* bootstrap CIs (runs resampled within each budget, every fit repeated on each resample, vectorised),
+  a held-out check (fit the smaller budgets, predict the largest: MAPE and signed bias) and, across
+  methods, compute multipliers at equal loss, crossovers and exponent differences
+  (:mod:`scaling.fit.compare`); bootstrap and held-out check in :mod:`scaling.fit.bootstrap`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scaling.errors import ScalingError
+from scaling.fit.bootstrap import fit_method
+from scaling.fit.compare import compare
+from scaling.fit.lbfgs import single_threaded_blas
+from scaling.fit.points import Columns, prepare
+from scaling.fit.results import FitReport, MethodFit
+from scaling.fit.spec import FitSpec
+
+
+def fit(
+    table,
+    spec: FitSpec | None = None,
+    cols: Columns | None = None,
+    *,
+    curves=None,
+    source: str = "the table",
+    inputs: list[str] | None = None,
+) -> FitReport:
+    """Every fit for every method of ``table`` (polars DataFrame; ``cols`` names its columns,
+    default: a collected sweep table). ``curves``: per-step metrics (run_id, kind, step, flops,
+    tokens, loss) for approach 1. Raises ScalingError when nothing can be fitted."""
+    with single_threaded_blas():
+        return _fit(table, spec, cols, curves=curves, source=source, inputs=inputs)
+
+
+def _fit(table, spec, cols, *, curves, source, inputs) -> FitReport:
+    spec = spec or FitSpec()
+    cols = cols or Columns.for_runs(spec)
+    prep = prepare(table, spec, cols, source=source)
+    exclusions, warnings = list(prep.exclusions), list(prep.warnings)
+    methods: dict[str, MethodFit] = {}
+    failures = []
+    for i, (m, points) in enumerate(prep.points.items()):
+        result = fit_method(points, spec, curves=curves, seed=[spec.bootstrap.seed, i])
+        if isinstance(result, str):
+            failures.append(f"{m}: {result}")
+            continue
+        mf, dropped = result
+        exclusions += dropped
+        methods[m] = mf
+    if not methods:
+        raise ScalingError("nothing could be fitted: " + "; ".join(failures))
+    warnings += [f"{f} (method left out)" for f in failures]
+    if spec.n != "trainable":
+        warnings.append(
+            f"N is {spec.n} parameters: optimal_params (read by `scaling sweep --from-fit`) is in "
+            "that convention, while the planner expects trainable parameters"
+        )
+    comparison = compare(methods, spec) if len(methods) > 1 else None
+    advice: list[dict[str, Any]] = []
+    if spec.gpu_mem:  # advice plans configurations (scaling.sweep): imported only when asked
+        from scaling.fit.advice import advise
+
+        advice = advise(table, methods, spec)
+    return FitReport(spec, methods, comparison, exclusions, warnings, advice, inputs or [source])

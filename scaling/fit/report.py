@@ -1,0 +1,263 @@
+"""What ``scaling fit`` writes and prints: fits.json, frontier.parquet, figures, the summary table.
+
+    >>> from scaling.fit.report import summary, write_outputs
+    >>> print(summary(report))
+    >>> write_outputs(report, "runs/quickstart/fit")   # fits.json, frontier.parquet, *.png, *.pdf
+
+Every file is written atomically (a temporary file in the same folder, then a rename).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from scaling.fit.results import FitReport
+from scaling.io import write_json, write_text
+
+
+def frontier_table(report: FitReport):
+    """One row per method × approach × compute: C, N*, D*, L* and their bootstrap bands."""
+    import polars as pl
+
+    parts = []
+    for m, mf in report.methods.items():
+        cmax = mf.points.budgets.max() * 1.01
+        for approach, cols in mf.frontier.items():
+            n = len(cols["C"])
+            parts.append(pl.DataFrame({
+                "method": [m] * n, "approach": [approach] * n,
+                **{k: np.asarray(v, dtype=float) for k, v in cols.items()},
+                "extrapolated": np.asarray(cols["C"]) > cmax,
+            }))  # fmt: skip
+    if not parts:
+        return pl.DataFrame()
+    return pl.concat(parts, how="diagonal_relaxed")
+
+
+def write_outputs(report: FitReport, out: str | Path, *, plots: bool = True) -> list[Path]:
+    """fits.json, frontier.parquet, summary.txt and (unless ``plots`` is False) the figures."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "fits.json", out / "frontier.parquet", out / "summary.txt"]
+    write_json(written[0], clean_json(report.to_json()))
+    _atomic(written[1], lambda p: frontier_table(report).write_parquet(p))
+    write_text(written[2], summary(report) + "\n")
+    if plots:
+        from scaling.fit import plots as plots_mod
+
+        written += plots_mod.save_all(report, out)
+    return written
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def clean_json(obj):
+    """JSON-safe: numpy scalars → Python, NaN/inf → null."""
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return clean_json(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------------
+# The printed summary
+
+
+def _g(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}g}"
+
+
+def _ratio(value: float, best: float) -> str:
+    return f"{value / best:.3g}× best" if best > 1e-300 else f"{value:.2g}"
+
+
+def _ci(ci: dict, key: str, digits: int = 3) -> str:
+    if key not in ci:
+        return ""
+    lo, hi = ci[key]
+    return f" [{_g(lo, digits)}, {_g(hi, digits)}]"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return [fmt(header), *map(fmt, rows)]
+
+
+def summary(report: FitReport) -> str:
+    s = report.spec
+    n_fit = sum(len(mf.points) for mf in report.methods.values())
+    level = f"{s.bootstrap.level:.0%}"
+    lines = [
+        f"scaling fit: {len(report.methods)} method(s), {n_fit} runs fitted, "
+        f"{len(report.exclusions)} excluded; N = {s.n} parameters, loss = {s.loss}"
+        + (f" (k={s.last_k})" if s.loss == "last_k_eval" else "")
+        + f"; {s.bootstrap.resamples} bootstrap resamples ({level} intervals)",
+    ]
+    if report.exclusions:
+        lines += ["", f"excluded ({len(report.exclusions)}):"]
+        lines += [f"  {e}" for e in report.exclusions]
+    rows = []
+    for m, mf in report.methods.items():
+        a3 = mf.approach3
+        if a3 is None:
+            rows.append((m, str(len(mf.points)), str(len(mf.points.budgets))) + ("-",) * 6)
+            continue
+        rows.append((
+            m, str(len(mf.points)), str(len(mf.points.budgets)),
+            _g(a3.E, 4) + _ci(a3.ci, "E"), _g(a3.A) + _ci(a3.ci, "A"), _g(a3.B) + _ci(a3.ci, "B"),
+            _g(a3.alpha) + _ci(a3.ci, "alpha"), _g(a3.beta) + _ci(a3.ci, "beta"),
+            f"{a3.at_optimum:.0%} of {a3.n_starts}; median start "
+            f"{_ratio(a3.objective_spread['median'], a3.objective)}"
+            + (f"; on a bound: {','.join(a3.bound_hits)}" if a3.bound_hits else ""),
+        ))  # fmt: skip
+    lines += ["", "approach 3: L(N, D) = E + A/N^α + B/D^β"]
+    lines += _table(("method", "runs", "budgets", "E", "A", "B", "α", "β",
+                     "starts at the optimum; spread"), rows)  # fmt: skip
+    rows = []
+    for m, mf in report.methods.items():
+        for name in ("approach1", "approach2", "approach3"):
+            fit = getattr(mf, name)
+            if fit is None or getattr(fit, "n_opt", None) is None:
+                continue
+            n, d = fit.n_opt, fit.d_opt
+            loss = getattr(fit, "loss", None)
+            lexp = (loss.alpha, loss.ci) if loss is not None else (fit.loss_exponent, fit.ci)
+            key = "alpha" if loss is not None else "loss_exponent"
+            rows.append((m, name, _g(n.A) + _ci(n.ci, "A"), _g(n.a) + _ci(n.ci, "a"),
+                         _g(d.A) + _ci(d.ci, "A"), _g(d.a) + _ci(d.ci, "a"),
+                         _g(lexp[0]) + _ci(lexp[1], key)))  # fmt: skip
+    if rows:
+        lines += ["", "compute-optimal allocation: N*(C) = A·C^a, D*(C) = B·C^b, L*(C) − E ∝ C^−γ"]
+        lines += _table(("method", "approach", "A", "a", "B", "b", "γ"), rows)
+    rows = []
+    for m, mf in report.methods.items():
+        if mf.optimal_params is not None:
+            o = mf.optimal_params
+            rows.append((m, f"N*(C) = {_g(o.A)}·C^{_g(o.a, 4)}", o.source))
+    if rows:
+        lines += ["", "optimal_params (for `scaling sweep --from-fit fits.json`):"]
+        lines += ["  " + r for r in _table(("method", "law", "source"), rows)]
+    rows = []
+    for m, mf in report.methods.items():
+        h = mf.holdout
+        if h is None:
+            continue
+        held = ", ".join(_g(c) for c in h.held_out) or "-"
+        rows.append((m, held, f"{h.n_train}/{h.n_test}",
+                     "-" if h.mape is None else f"{h.mape:.2%}",
+                     "-" if h.bias is None else f"{h.bias:+.2%}",
+                     "-" if h.approach2_loss_error is None else f"{h.approach2_loss_error:+.2%}",
+                     "-" if h.approach2_n_ratio is None else f"{h.approach2_n_ratio:.3g}",
+                     h.reason or ""))  # fmt: skip
+    if rows:
+        lines += ["", "held-out check (fit on the smaller budgets, predict the largest):"]
+        lines += _table(("method", "held out C", "train/test", "A3 MAPE", "A3 bias",
+                         "A2 L* error", "A2 N* ratio", "note"), rows)  # fmt: skip
+    preds = [(m, q) for m, mf in report.methods.items() for q in mf.predictions]
+    if preds:
+        lines += ["", "predictions:"]
+        lines += _table(
+            ("method", "C", "approach", "N*", "D*", "L*", ""),
+            [(m, _g(q.C), q.approach, _g(q.n_opt) + _ci(q.ci, "n_opt"),
+              _g(q.d_opt) + _ci(q.ci, "d_opt"), _g(q.loss, 4) + _ci(q.ci, "loss", 4),
+              "extrapolated" if q.extrapolated else "") for m, q in preds],
+        )  # fmt: skip
+    if report.comparison:
+        lines += ["", _comparison(report.comparison)]
+    if report.advice:
+        lines += ["", f"memory-aware advice ({report.spec.gpu_mem}):"]
+        for a in report.advice:
+            b, u = a["best_fitting"], a["unconstrained"]
+            if b is None:
+                lines.append(f"  {a['method']} at C={_g(a['C'])}: no configuration fits")
+                continue
+            extra = "" if b["config"] == u["config"] else (
+                f"; unconstrained best {_dial(u)} L={_g(u['loss'], 4)} needs "
+                f"{_bytes(u['peak_bytes'])}")  # fmt: skip
+            lines.append(
+                f"  {a['method']} at C={_g(a['C'])}: {_dial(b)} (N={_g(b['n'])}, D={_g(b['d'])}, "
+                f"micro-batch {b['micro_batch_size']}) predicted L={_g(b['loss'], 4)}"
+                f"{_ci({'l': b['loss_ci']} if b.get('loss_ci') else {}, 'l', 4)}, "
+                f"peak {_bytes(b['peak_bytes'])}{' (extrapolated)' if b['extrapolated'] else ''}"
+                + extra
+            )
+    notes = [f"{m}: {n}" for m, mf in report.methods.items() for n in mf.notes]
+    if notes or report.warnings:
+        lines += ["", "notes:"] + [f"  {n}" for n in [*report.warnings, *notes]]
+    return "\n".join(lines)
+
+
+def _dial(entry) -> str:
+    parts = [f"{k}={v}" for k, v in (entry.get("dial") or {}).items()]
+    if entry["config"].get("gradient_checkpointing"):
+        parts.append("gradient_checkpointing")
+    return ", ".join(parts) or "default config"
+
+
+def _bytes(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= 0.1 * scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _comparison(c: dict) -> str:
+    lines = [f"method comparison ({c['source']} frontiers):"]
+    for m in c["multipliers"]:
+        v = m["multiplier"]
+        if v is None:
+            text = "undefined" if m.get("reached") is None else "never reaches it"
+            lines.append(f"  {m['method']} vs {m['versus']} at C={_g(m['C'])}: {text}")
+            continue
+        text = f"{v:.3g}×"
+        ci = f" [{m['ci'][0]:.3g}, {m['ci'][1]:.3g}]" if m["ci"] else ""
+        un = m.get("unreached_fraction")
+        tail = f" ({un:.0%} of resamples never reach it)" if un else ""
+        lines.append(
+            f"  {m['method']} needs {text}{ci} the compute of {m['versus']} at C={_g(m['C'])} "
+            f"for equal loss{tail}"
+        )
+    for x in c["crossovers"]:
+        where = "inside" if x["observed"] else "outside"
+        lines.append(
+            f"  frontiers of {x['methods'][0]} and {x['methods'][1]} cross at C={_g(x['C'])} "
+            f"({where} the fitted budgets); {x['better_above']} is better above it"
+        )
+    if not c["crossovers"]:
+        lines.append("  the frontiers do not cross within 1e-3× to 1e4× the fitted budgets")
+    for e in c["exponents"]:
+        sig = {True: "significant", False: "not significant", None: ""}[e["significant"]]
+        ci = f" [{e['ci'][0]:+.3g}, {e['ci'][1]:+.3g}]" if e["ci"] else ""
+        lines.append(
+            f"  {e['approach']} {e['exponent']}: {e['methods'][0]} {e['values'][0]:.3g} vs "
+            f"{e['methods'][1]} {e['values'][1]:.3g}, difference {e['difference']:+.3g}{ci} {sig}"
+        )
+    lines += [f"  {n}" for n in c["notes"]]
+    return "\n".join(lines)

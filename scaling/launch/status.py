@@ -1,0 +1,246 @@
+"""Where every run of a sweep stands, from its files and the scheduler: ``scaling status RUN_DIR``.
+
+    >>> from scaling.launch import status
+    >>> s = status.collect("runs/quickstart")
+    >>> [(r.run_id, r.state) for r in s.runs][:2]
+    [('ladder-r2-1e11-s0-…', 'success'), ('ladder-r4-1e11-s0-…', 'running')]
+    >>> print(status.render(s))                     # the table and a summary line
+    >>> from scaling.launch import cancel; cancel("runs/quickstart", only=[...])  # scaling cancel
+
+States: ``planned`` (never submitted), ``queued``, ``running``, ``success``, ``failed``, ``diverged``,
+``cancelled``, ``timed-out``, and ``unknown`` (submitted, no result yet, scheduler unreachable).
+They come from, in order of precedence:
+
+1. ``runs/<id>/result.json`` written by the job (:mod:`scaling.train`) after the latest submission
+   with a final status (success, failed, diverged);
+2. the scheduler, for a job that is still queued or running: SLURM's ``squeue`` (plus ``sacct`` when
+   accounting is on), the worker processes of the local executor;
+3. how the job ended: a ``cancelled`` result (``SIGTERM``: cancelled; ``SIGUSR2``, the time-out and
+   preemption signal, with the job gone: timed-out), SLURM's final state, ``scaling cancel``'s mark,
+   the job's own record of an exception (``launch/<submission>/jobs/<id>.json``, submitit's result
+   pickle) — else ``failed``: the job ended without a result.
+
+A result older than the latest submission belongs to an earlier attempt: it still gives progress
+(tokens done, last loss) but never the state. The records (``runs/<id>/launch.json``, written by
+:mod:`scaling.launch`) hold the job ids, so status survives restarts of the launching shell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+from scaling.launch.records import RECORD, job_file, progress, read_manifest
+from scaling.launch.scheduler import (
+    SLURM_ENDED,
+    scheduler_state,
+    slurm_states,
+    submitit_error,
+)
+from scaling.runspec import FINAL, budget_label, read_json_or_none
+
+STATES = ("planned", "queued", "running", "success", "failed", "diverged", "cancelled", "timed-out",
+          "unknown")  # fmt: skip
+RELAUNCH = ("planned", "failed", "cancelled", "timed-out")
+"""States ``scaling launch`` submits again (``--force`` adds success and diverged)."""
+
+
+@dataclasses.dataclass
+class RunStatus:
+    run_id: str
+    method: str
+    dial: str
+    budget: float
+    state: str
+    executor: str | None = None
+    job_id: str | None = None
+    tokens_done: int = 0
+    tokens_planned: int = 0
+    flops_done: float = 0.0
+    flops_planned: float = 0.0
+    last_loss: float | None = None
+    eval_loss: float | None = None
+    error: str | None = None
+    log: str | None = None
+    submitted_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_state(run_path: Path, record: dict[str, Any] | None, result: dict[str, Any] | None,
+              job: dict[str, Any] | None, slurm: dict[str, str] | None) -> tuple[str, str | None]:  # fmt: skip
+    """(state, error) of one run; see the module docstring for the rules."""
+    if record is None:
+        return (
+            (result.get("status", "failed"), result.get("error")) if result else ("planned", None)
+        )
+    fresh = (
+        result is not None
+        and (run_path / "result.json").stat().st_mtime >= record.get("submitted_at", 0) - 1.0
+    )
+    status = result.get("status") if fresh else None
+    if status in FINAL:
+        return status, result.get("error")
+    sched = scheduler_state(record, job, slurm)
+    if sched in ("queued", "running"):
+        return sched, None
+    if status == "cancelled":
+        if result.get("signal") == "SIGUSR2" or sched == "TIMEOUT":
+            return "timed-out", result.get("error")
+        return "cancelled", result.get("error")
+    if record.get("cancelled_at"):
+        return "cancelled", "cancelled by `scaling cancel`"
+    if sched in SLURM_ENDED:
+        return SLURM_ENDED[sched], f"SLURM state {sched}"
+    error = (job or {}).get("error") or submitit_error(record)
+    if error:
+        return ("timed-out" if "timed-out" in error else "failed"), error
+    if sched == "unknown":
+        return "unknown", "scheduler unreachable"
+    return "failed", f"job {record.get('job_id')} ended without a result (log: {record.get('log')})"
+
+
+# --------------------------------------------------------------------------------------------------
+# A sweep
+
+
+@dataclasses.dataclass
+class SweepStatus:
+    run_dir: str
+    sweep: str | None
+    runs: list[RunStatus]
+    scheduler_reachable: bool | None
+    """None: no SLURM job needed asking."""
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = {s: 0 for s in STATES}
+        for r in self.runs:
+            counts[r.state] += 1
+        return {s: n for s, n in counts.items() if n}
+
+    def to_dict(self) -> dict[str, Any]:
+        flops_done = sum(r.flops_done for r in self.runs)
+        flops_planned = sum(r.flops_planned for r in self.runs)
+        return {
+            "run_dir": self.run_dir, "sweep": self.sweep,
+            "runs": [r.to_dict() for r in self.runs],
+            "summary": {"runs": len(self.runs), "counts": self.counts,
+                        "tokens_done": sum(r.tokens_done for r in self.runs),
+                        "tokens_planned": sum(r.tokens_planned for r in self.runs),
+                        "flops_done": flops_done, "flops_planned": flops_planned},
+            "scheduler_reachable": self.scheduler_reachable,
+        }  # fmt: skip
+
+
+def collect(run_dir: str | Path, only: list[str] | None = None) -> SweepStatus:
+    """The state, progress and last loss of every run (or of ``only``) in ``run_dir``."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    rows = manifest.to_dicts()
+    if only is not None:
+        wanted = set(only)
+        rows = [r for r in rows if r["run_id"] in wanted]
+    records = {
+        r["run_id"]: read_json_or_none(run_dir / "runs" / r["run_id"] / RECORD) for r in rows
+    }
+    results = {r["run_id"]: read_json_or_none(run_dir / "runs" / r["run_id"] / "result.json")
+               for r in rows}  # fmt: skip
+    slurm_ids = [
+        str(rec["job_id"]) for rid, rec in records.items()
+        if rec and rec.get("executor") == "slurm" and (results[rid] or {}).get("status") not in FINAL
+    ]  # fmt: skip
+    slurm = slurm_states(slurm_ids)
+    out = []
+    for row in rows:
+        rid = row["run_id"]
+        path = run_dir / "runs" / rid
+        record, result = records[rid], results[rid]
+        job = read_json_or_none(job_file(record["folder"], rid)) if record else None
+        state, error = run_state(path, record, result, job, slurm)
+        tokens, last, last_eval = progress(path)
+        if result is not None and result.get("tokens") is not None:
+            tokens = max(tokens or 0, int(result["tokens"]))
+            last_eval = (
+                result.get("final_eval_loss", last_eval) if state == "success" else last_eval
+            )
+        fpt = float(row.get("flops_per_token") or 0.0)
+        out.append(
+            RunStatus(
+                run_id=rid, method=row.get("method", ""), dial=row.get("dial") or "",
+                budget=float(row.get("budget") or 0.0), state=state,
+                executor=(record or {}).get("executor"),
+                job_id=(record or {}).get("job_id") or (job or {}).get("job_id"),
+                tokens_done=tokens or 0, tokens_planned=int(row.get("tokens") or 0),
+                flops_done=(tokens or 0) * fpt, flops_planned=float(row.get("realised_flops") or 0),
+                last_loss=last, eval_loss=last_eval, error=error,
+                log=(record or {}).get("log") or (job or {}).get("log"), submitted_at=(record or {}).get("submitted_at"),
+            )
+        )  # fmt: skip
+    meta = read_json_or_none(run_dir / "sweep.json") or {}
+    reachable = None if not slurm_ids else slurm is not None
+    return SweepStatus(str(run_dir), meta.get("sweep"), out, reachable)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.0f}"
+
+
+def _sci(x: float) -> str:
+    if x == 0:
+        return "0"
+    mantissa, exponent = f"{x:.2e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _loss(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.4f}"
+
+
+def render(s: SweepStatus) -> str:
+    """A table of runs, the errors of failed ones, and a summary line."""
+    header = ("run id", "budget", "method", "dial", "state", "job", "tokens done/planned", "loss",
+              "eval")  # fmt: skip
+    rows = [
+        (r.run_id, budget_label(r.budget), r.method, r.dial, r.state, r.job_id or "-",
+         f"{_si(r.tokens_done)}/{_si(r.tokens_planned)} "
+         f"{100 * r.tokens_done / r.tokens_planned if r.tokens_planned else 0:3.0f}%",
+         _loss(r.last_loss), _loss(r.eval_loss))
+        for r in s.runs
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    right = {1, 6, 7, 8}
+
+    def fmt(row) -> str:
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]  # fmt: skip
+        return "  ".join(cells).rstrip()
+
+    d = s.to_dict()["summary"]
+    lines = [f"sweep {s.sweep or '?'} in {s.run_dir}: {len(s.runs)} run(s)", "",
+             fmt(header), *map(fmt, rows)]  # fmt: skip
+    errors = [r for r in s.runs if r.error and r.state in ("failed", "timed-out", "unknown")]
+    if errors:
+        lines += ["", "errors:", *(f"  {r.run_id}: {r.error}" for r in errors)]
+    if s.scheduler_reachable is False:
+        lines += ["", "note: SLURM did not answer (squeue); states of unfinished jobs are unknown"]
+    counts = ", ".join(f"{n} {state}" for state, n in s.counts.items()) or "no runs"
+    share = d["flops_done"] / d["flops_planned"] if d["flops_planned"] else 0.0
+    lines += ["", f"summary: {counts}; compute {_sci(d['flops_done'])} / "
+                  f"{_sci(d['flops_planned'])} FLOPs ({share:.1%})"]  # fmt: skip
+    return "\n".join(lines)
+
+
+def fmt_minutes(minutes: int | None) -> str:
+    """Minutes → ``HH:MM:SS`` (hours may exceed 24, as sbatch reads it)."""
+    return "-" if minutes is None else f"{minutes // 60:02d}:{minutes % 60:02d}:00"

@@ -1,0 +1,208 @@
+"""Submit a sweep's runs as one job array, safely repeatable: ``scaling launch RUN_DIR``.
+
+    >>> from scaling import launch
+    >>> out = launch.launch("runs/quickstart", launch.LaunchSpec(executor="slurm", partition="gpu",
+    ...                     gpus_per_node=1, mem="32GB", time="auto", throughput=2e14))
+    >>> out.job_ids[:2], out.skipped            # ['812_0', '812_1'], {'success': 3, 'running': 1}
+    >>> launch.cancel("runs/quickstart")        # scancel every queued or running job
+
+Executors (:mod:`scaling.launch.executors`): ``slurm`` (one job array, jobs that checkpoint and requeue
+themselves at their time limit), ``local`` (worker processes; the default when no SLURM controller
+answers) and ``debug`` (in this process).
+
+Idempotent: a launch submits only runs that are planned, failed, cancelled or timed out — never one
+that is queued or running, and a finished one (success, diverged) only with ``force`` (its outputs
+are first moved to ``runs/<id>/archive/<time>/``). A lock file serialises concurrent launches. The
+records stay in the run directory, so ``scaling status`` works from any shell, later:
+
+- ``runs/<id>/launch.json``: the latest submission of the run (executor, job id, log, time limit,
+  ``cancelled_at``) and its earlier ones under ``history``;
+- ``launch/<submission>/``: submitit's folder (sbatch script, pickles, logs ``<job>_0_log.{out,err}``),
+  ``submission.json`` (options, runs, job ids, wall time) and ``jobs/<id>.json``, written by the job
+  itself (pid, host, attempt, start, end, exception).
+
+Nothing is recorded unless the submission succeeded. Time limits (``time = "auto"``): each run needs
+planned FLOPs / throughput × ``time_margin`` + :data:`STARTUP_S` (only the FLOPs still to do for an
+interrupted run); one array has one limit, the largest of its runs'. The throughput (FLOP/s) is
+``throughput`` when given, else measured on this sweep's finished runs (realised FLOPs / wall time,
+per method), else the limit is :data:`DEFAULT_TIME`. SLURM memory sizes use SLURM's units (1G = 1024M).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import secrets
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from scaling.errors import ScalingError
+from scaling.io import write_json
+from scaling.launch.executors import run_debug, sbatch_script, submit
+from scaling.launch.records import RECORD, check_only, lock, read_manifest
+from scaling.launch.scheduler import default_executor, slurm_problem
+from scaling.launch.spec import LaunchSpec, parse_time
+from scaling.launch.status import RELAUNCH, RunStatus, collect
+from scaling.runspec import METRICS_FILE, RESULT_FILE, SWEEP_FILE, read_json_or_none
+
+STARTUP_S = 120.0
+"""Seconds a job spends outside the training loop (start-up, model and data loading, evaluation)."""
+MIN_TIME_MIN = 5
+"""Shortest limit ``auto`` gives: submitit signals 90 s before the limit; at ≤ 2 min a job is
+signalled as it starts (docs/slurm-on-localhost.md)."""
+DEFAULT_TIME = "01:00:00"
+"""``auto`` without any throughput figure; a run that needs longer requeues and resumes."""
+ARCHIVED = (RESULT_FILE, METRICS_FILE, "checkpoints", "model")
+"""What a forced re-run moves aside (never deletes)."""
+
+
+def resolve_options(run_dir: Path, overrides: dict[str, Any] | None = None) -> LaunchSpec:
+    """The spec's ``[launch]`` table (from ``sweep.json``), then ``overrides`` (unset ones ignored)."""
+    meta = read_json_or_none(run_dir / SWEEP_FILE) or {}
+    base = dict((meta.get("spec") or {}).get("launch") or {})
+    extra = {**base.get("slurm_extra", {}), **(overrides or {}).get("slurm_extra", {})}
+    merged = base | {k: v for k, v in (overrides or {}).items() if v is not None}
+    return LaunchSpec.from_dict(merged | {"slurm_extra": extra}, where="launch options")
+
+
+def measured_throughput(run_dir: Path) -> dict[str, float]:
+    """FLOP/s per method (and ``""`` over all) from the sweep's successful results: realised FLOPs
+    over wall time (start-up and evaluation included), at most the training loop's own rate."""
+    per: dict[str, list[float]] = {}
+    for path in sorted((run_dir / "runs").glob("*/result.json")):
+        r = read_json_or_none(path) or {}
+        flops, wall = r.get("flops"), r.get("wall_time_s")
+        if r.get("status") == "success" and flops and wall and wall > 0:
+            rate = float(flops) / float(wall)  # a resumed run's wall time is its last attempt's:
+            if r.get("tokens_per_s") and r.get("flops_per_token"):  # bound it by the loop's rate
+                rate = min(rate, float(r["tokens_per_s"]) * float(r["flops_per_token"]))
+            per.setdefault(str(r.get("method")), []).append(rate)
+    out = {m: statistics.median(v) for m, v in per.items()}
+    if per:
+        out[""] = statistics.median([x for v in per.values() for x in v])
+    return out
+
+
+def time_limits(run_dir: Path, runs: list[RunStatus], opts: LaunchSpec
+                ) -> tuple[int, dict[str, float], str]:  # fmt: skip
+    """(minutes for the array, estimated seconds per run, where the figure came from)."""
+    if opts.time != "auto":
+        return parse_time(opts.time), {}, f"--time {opts.time}"
+    measured = {} if opts.throughput else measured_throughput(run_dir)
+    if not opts.throughput and not measured:
+        return (parse_time(DEFAULT_TIME), {},
+                "no throughput figure yet: --throughput FLOP/s or a finished run sets it")  # fmt: skip
+    est = {}
+    for r in runs:
+        rate = opts.throughput or measured.get(r.method, measured[""])
+        left = max(r.flops_planned - r.flops_done, 0.0) if r.state != "success" else r.flops_planned
+        est[r.run_id] = left / rate * opts.time_margin + STARTUP_S
+    minutes = max(MIN_TIME_MIN, math.ceil(max(est.values(), default=0.0) / 60))
+    source = (f"{opts.throughput:.3g} FLOP/s (--throughput)" if opts.throughput else
+              f"{measured['']:.3g} FLOP/s measured on finished runs")  # fmt: skip
+    return (
+        minutes,
+        est,
+        f"auto: {source} × margin {opts.time_margin:g} + {STARTUP_S:.0f} s start-up",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Launching
+
+
+@dataclasses.dataclass
+class Launched:
+    """What :func:`launch` did (or, with ``dry_run``, would do)."""
+
+    run_dir: str
+    executor: str
+    submission: str | None
+    run_ids: list[str]
+    job_ids: list[str]
+    skipped: dict[str, int]
+    time_limit_min: int | None
+    time_source: str
+    estimates_s: dict[str, float]
+    dry_run: bool
+    script: str | None
+    wall_s: float
+    """Seconds spent submitting (executor set-up, pickles, sbatch, records)."""
+
+
+def launch(run_dir: str | Path, opts: LaunchSpec | dict[str, Any] | None = None, *,
+           only: list[str] | None = None, force: bool = False, dry_run: bool = False,
+           target: Callable[[str], Any] | None = None) -> Launched:  # fmt: skip
+    """Submit the runs of ``run_dir`` (or ``only`` those) that need it; see the module docstring."""
+    run_dir = Path(run_dir).absolute()
+    read_manifest(run_dir)
+    if not isinstance(opts, LaunchSpec):
+        opts = resolve_options(run_dir, opts)
+    check_only(run_dir, only)
+    executor = opts.executor or default_executor()
+    if executor == "slurm" and not dry_run and (problem := slurm_problem()) is not None:
+        raise ScalingError(f"cannot submit to SLURM: {problem}")
+    with lock(run_dir) if not dry_run else contextlib.nullcontext():
+        current = collect(run_dir, only)
+        wanted = RELAUNCH + (("success", "diverged") if force else ())
+        chosen = [r for r in current.runs if r.state in wanted]
+        skipped = dict(Counter(r.state for r in current.runs if r.state not in wanted))
+        minutes, estimates, source = time_limits(run_dir, chosen, opts)
+        name = f"scaling-{current.sweep or run_dir.name}"
+        sub = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        folder = run_dir / "launch" / sub
+        out = Launched(str(run_dir), executor, None if dry_run else sub,
+                       [r.run_id for r in chosen], [], skipped, minutes if chosen else None,
+                       source, estimates, dry_run, None, 0.0)  # fmt: skip
+        if executor == "slurm" and chosen:
+            out.script = sbatch_script(opts, folder=folder, tasks=len(chosen), name=name,
+                                       minutes=minutes)  # fmt: skip
+        if dry_run or not chosen:
+            out.submission = None
+            return out
+        start = time.perf_counter()
+        for r in chosen:
+            if r.state in ("success", "diverged"):
+                archive(run_dir / "runs" / r.run_id)
+        paths = [str(run_dir / "runs" / r.run_id) for r in chosen]
+        out.job_ids, extra = submit(executor, opts, folder, paths, name, minutes, target)
+        _write_records(run_dir, folder, executor, out, minutes, estimates, extra, opts)
+        out.wall_s = time.perf_counter() - start
+        write_json(
+            folder / "submission.json", dataclasses.asdict(out) | {"options": opts.to_dict()}
+        )
+    if executor == "debug":
+        run_debug(extra["jobs"])
+    return out
+
+
+def archive(run_path: Path) -> None:
+    dest = run_path / "archive" / time.strftime("%Y%m%d-%H%M%S")
+    for name in ARCHIVED:
+        if (run_path / name).exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            os.replace(run_path / name, dest / name)
+
+
+def _write_records(run_dir: Path, folder: Path, executor: str, out: Launched, minutes: int,
+                   estimates: dict[str, float], extra: dict[str, Any], opts: LaunchSpec) -> None:  # fmt: skip
+    now = time.time()
+    for i, (rid, jid) in enumerate(zip(out.run_ids, out.job_ids, strict=True)):
+        path = run_dir / "runs" / rid / RECORD
+        old = read_json_or_none(path) or {}
+        history = [*old.pop("history", []), old] if old else []
+        log = str(folder / f"{jid}_0_log.out") if executor == "slurm" else None
+        record = {"run_id": rid, "submission": out.submission, "folder": str(folder),
+                  "executor": executor, "job_id": jid if executor != "local" else None,
+                  "array_index": i, "log": log, "submitted_at": now, "time_limit_min": minutes,
+                  "estimate_s": estimates.get(rid), "max_requeues": opts.max_requeues,
+                  "cancelled_at": None, "history": history}  # fmt: skip
+        if executor == "local":
+            record["workers"] = extra["workers"]
+        write_json(path, record)

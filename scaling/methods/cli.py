@@ -1,0 +1,159 @@
+"""``scaling flops | memory``: a method's parameters, FLOPs per token and analytic peak memory.
+
+    scaling flops  --model qwen2.5-7b --method ladder --reduction 8 --seq-len 2048
+    scaling memory --model qwen2.5-7b --method qlora --seq-len 2048 --batch-size 1 --gpu-mem 12GB
+
+Every number comes from :mod:`scaling.flops` on the architecture of ``--model`` (a model directory, a
+``config.json``, a cached hub id or a preset); method dials are options, and a dial the method does not
+have is an error listing the valid ones. ``COMMANDS`` is what ``scaling.cli`` registers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+
+from scaling import flops
+from scaling.arch import PRESETS, resolve_arch
+from scaling.errors import ScalingError
+from scaling.methods.registry import REGISTRY, config_class
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_dial_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--dial`` option per field of any method config; the chosen method rejects foreign ones."""
+    group = parser.add_argument_group(
+        "method dials (each method accepts its own; see scaling.methods)"
+    )
+    seen: set[str] = set()
+    for cls in REGISTRY.values():
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            if field.name in seen:
+                continue
+            seen.add(field.name)
+            hint = hints[field.name]
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            base = args[0] if isinstance(hint, types.UnionType) and args else hint
+            kind = {int: int, float: float, bool: _parse_bool}.get(base, str)
+            group.add_argument(
+                f"--{field.name.replace('_', '-')}",
+                dest=f"dial_{field.name}",
+                type=kind,
+                default=argparse.SUPPRESS,
+                metavar=base.__name__.upper() if base is not bool else "BOOL",
+                **({"nargs": "?", "const": True} if base is bool else {}),
+            )
+
+
+def _dials(args: argparse.Namespace) -> dict:
+    return {k[len("dial_") :]: v for k, v in vars(args).items() if k.startswith("dial_")}
+
+
+def _method_config(args: argparse.Namespace):
+    cls = config_class(args.method)
+    return cls.from_dict(_dials(args), where=f"method {args.method}")
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise ScalingError(f"{name} must be positive; got {value}")
+
+
+def cmd_flops(args: argparse.Namespace) -> None:
+    _positive("--seq-len", args.seq_len)
+    cfg = _method_config(args)
+    arch = resolve_arch(args.model)
+    c = flops.cost(arch, cfg, args.seq_len)
+    if args.json:
+        print(json.dumps({"model": args.model, "config": cfg.to_dict(), **c.to_dict()}, indent=2))
+        return
+    rows = [
+        ("backbone params", f"{c.backbone.total:,}"),
+        ("  blocks / embeddings / head", f"{c.backbone.blocks:,} / {c.backbone.embeddings:,} / {c.backbone.head:,}"),
+        ("trainable params", f"{c.trainable_params:,}"),
+        ("forward FLOPs/token", f"{c.forward_flops_per_token:.4g}  (causal-halved attention: {c.forward_flops_per_token_causal:.4g})"),
+        ("train FLOPs/token", f"{c.train_flops_per_token:.4g}  (causal-halved attention: {c.train_flops_per_token_causal:.4g})"),
+        ("k = train FLOPs/token / trainable", f"{c.k:.4g}"),
+    ]  # fmt: skip
+    print(f"{args.method} on {args.model} at seq_len {args.seq_len} ({_describe(cfg)})")
+    _table(rows)
+    print("terms (train FLOPs/token):")
+    _table([(f"  {t.name}", f"{t.train:.4g}") for t in c.terms])
+
+
+def cmd_memory(args: argparse.Namespace) -> None:
+    _positive("--seq-len", args.seq_len)
+    _positive("--batch-size", args.batch_size)
+    cfg = _method_config(args)
+    arch = resolve_arch(args.model)
+    try:
+        capacity = flops.parse_bytes(args.gpu_mem) if args.gpu_mem else None
+    except ValueError as e:
+        raise ScalingError(f"--gpu-mem: {e}") from None
+    m = flops.memory(arch, cfg, args.seq_len, args.batch_size)
+    fits = None if capacity is None else m.fits(capacity)
+    if args.json:
+        out = {"model": args.model, "config": cfg.to_dict(), "seq_len": args.seq_len}
+        print(
+            json.dumps(
+                out | {"batch_size": args.batch_size, "bytes": m.to_dict(), "fits": fits}, indent=2
+            )
+        )
+        return
+    print(
+        f"{args.method} on {args.model}, batch {args.batch_size} × {args.seq_len} tokens ({_describe(cfg)})"
+    )
+    _table([(name, f"{value / flops.GiB:8.2f} GiB") for name, value in m.to_dict().items()])
+    if capacity is not None:
+        verdict = "fits" if fits else "does NOT fit"
+        print(f"{verdict} in {args.gpu_mem} ({capacity / flops.GiB:.2f} GiB)")
+
+
+def _describe(cfg) -> str:
+    return ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items() if v is not None)
+
+
+def _table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def add_arguments(p: argparse.ArgumentParser, *, memory: bool) -> None:
+    p.add_argument("--model", required=True,
+                   help=f"model directory, config.json, or preset ({', '.join(PRESETS)})")  # fmt: skip
+    p.add_argument("--method", required=True, choices=list(REGISTRY))
+    p.add_argument("--seq-len", type=int, required=True, help="tokens per sequence")
+    if memory:
+        p.add_argument("--batch-size", type=int, required=True, help="sequences per micro-batch")
+        p.add_argument("--gpu-mem", help="card capacity to check against, e.g. 12GB or 80GiB")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_dial_options(p)
+
+
+COMMANDS = {
+    "flops": (
+        "parameters and FLOPs per token of a method",
+        "scaling flops --model qwen2.5-7b --method ladder --reduction 8 --seq-len 2048",
+        lambda p: add_arguments(p, memory=False),
+        cmd_flops,
+    ),
+    "memory": (
+        "analytic peak training memory of a method",
+        "scaling memory --model qwen2.5-7b --method qlora --seq-len 2048 --batch-size 1 --gpu-mem 12GB",
+        lambda p: add_arguments(p, memory=True),
+        cmd_memory,
+    ),
+}

@@ -1,0 +1,271 @@
+"""The Ladder / xLadder side network on a frozen Hugging Face backbone.
+
+    from scaling import methods
+    model = methods.build("ladder", "path/to/model", reduction=8)         # NF4 backbone by default
+    model = methods.build("xladder", "path/to/model", delta=4, quantization="none")
+
+Design (docs/methods.md; LST = Sung et al. 2022, QST = Zhang et al. 2024):
+
+1. The backbone is frozen and runs once per batch under ``torch.no_grad()``; forward hooks on its decoder
+   layers capture the embedding output and the raw (pre-final-norm) output h_i of each layer the side net
+   reads, together with the causal/padding mask and position ids that layer received.
+2. Side layers are the backbone family's own decoder-layer class, built from a copy of the backbone config
+   at reduced width (:func:`scaling.arch.ladder_geometry`), with their own rotary embedding.
+3. s = W_in(rms(h_in)); for each side layer j with a ladder from backbone layer c(j):
+   s = μ_j·s + (1 − μ_j)·W_down_j(rms(h_c(j))), μ_j = σ(α_j / T), α_j = 0 at init (LST); then
+   s = side_layer_j(s). rms(·) is parameter-free: normalising the ladder inputs tames the backbone's
+   massive activations [ours; QST uses a LayerNorm].
+4. Output fusion (``add``, default): h = h_{L-1} + W_up(norm(s)) with W_up = 0 at init, so step 0 equals
+   the backbone; logits = frozen final norm + frozen lm_head, and the loss is the backbone's own loss
+   function (identical to the other methods).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from scaling.arch import Arch, SideGeometry
+from scaling.errors import ScalingError
+from scaling.methods.backbone import backbone_source, load_backbone
+from scaling.methods.model import MethodModel
+
+SIDE_WEIGHTS = "side.safetensors"
+
+
+def _rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],), eps=eps)
+
+
+def side_config(backbone_config, geom: SideGeometry):
+    """The backbone's config class at side width and depth (same family, rope and attention kernel)."""
+    cfg = copy.deepcopy(backbone_config)
+    cfg.hidden_size = geom.hidden_size
+    cfg.intermediate_size = geom.intermediate_size
+    cfg.num_attention_heads = geom.num_heads
+    cfg.num_key_value_heads = geom.num_kv_heads
+    cfg.head_dim = geom.head_dim
+    cfg.num_hidden_layers = geom.num_layers
+    if getattr(cfg, "layer_types", None):
+        # A side layer attends like the backbone layer it reads (free xLadder layers like the last one).
+        types = backbone_config.layer_types
+        cfg.layer_types = [types[c if c is not None else -1] for c in geom.connections]
+    return cfg
+
+
+class SideNet(nn.Module):
+    """Everything that trains: W_in, ladders, gates, side layers, side norm, W_up (and fusion gate)."""
+
+    def __init__(self, backbone, cfg, geom: SideGeometry):
+        super().__init__()
+        decoder = backbone.get_decoder()
+        d, ds = backbone.config.hidden_size, geom.hidden_size
+        self.geom = geom
+        self.config = side_config(backbone.config, geom)
+        layer_cls, rotary_cls = type(decoder.layers[0]), type(decoder.rotary_emb)
+        self.layers = nn.ModuleList(layer_cls(self.config, j) for j in range(geom.num_layers))
+        self.rotary_emb = rotary_cls(config=self.config)
+        self.norm = type(decoder.norm)(ds, eps=self.config.rms_norm_eps)
+        self.w_in = nn.Linear(d, ds, bias=False)
+        self.ladders = nn.ModuleList(nn.Linear(d, ds, bias=False) for _ in range(geom.num_ladders))
+        self.gates = nn.Parameter(torch.zeros(geom.num_ladders))
+        self.w_up = nn.Linear(ds, d, bias=False)
+        self.fusion_gate = nn.Parameter(torch.zeros(d)) if cfg.fusion == "gate" else None
+        self.temperature = cfg.gate_temperature
+        self.fusion = cfg.fusion
+        self.last_layer = backbone.config.num_hidden_layers - 1
+        self._init_random(getattr(self.config, "initializer_range", 0.02))
+
+    @torch.no_grad()
+    def _init_random(self, std: float) -> None:
+        # The family's own init (HF _init_weights): N(0, initializer_range) weights, zero biases.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+        if self.fusion == "add":
+            self.w_up.weight.zero_()  # step 0 reproduces the backbone exactly
+
+    def forward(self, states: dict, position_ids: torch.Tensor) -> torch.Tensor:
+        geom = self.geom
+        dtype = self.w_in.weight.dtype
+        s = self.w_in(_rms(states["hidden"][geom.input_layer].to(dtype)))
+        position_embeddings = self.rotary_emb(s, position_ids)
+        mu = torch.sigmoid(self.gates / self.temperature)
+        ladder = 0
+        for j, layer in enumerate(self.layers):
+            c = geom.connections[j]
+            if c is not None:
+                down = self.ladders[ladder](_rms(states["hidden"][c].to(dtype)))
+                s = mu[ladder] * s + (1 - mu[ladder]) * down
+                ladder += 1
+            mask = states["mask"][c if c is not None else self.last_layer]
+            out = layer(
+                s,
+                attention_mask=mask,
+                position_ids=position_ids,
+                position_embeddings=position_embeddings,
+            )
+            s = out[0] if isinstance(out, tuple) else out
+        return self.w_up(self.norm(s))
+
+    def fuse(self, last: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        if self.fusion == "add":
+            return last + up
+        if self.fusion == "replace":
+            return up
+        beta = torch.sigmoid(self.fusion_gate / self.temperature)  # QST-style per-dimension mix
+        return beta * last + (1 - beta) * up
+
+
+class LadderModel(MethodModel):
+    """A frozen backbone plus a :class:`SideNet` (Ladder or xLadder, depending on the geometry)."""
+
+    def __init__(self, backbone, cfg, arch: Arch):
+        super().__init__(cfg, backbone_source(backbone))
+        backbone.requires_grad_(False)
+        backbone.eval()
+        self.backbone = backbone
+        self.arch = arch
+        geom = cfg.geometry(arch)
+        device = next(backbone.parameters()).device
+        self.side = SideNet(backbone, cfg, geom).to(device)
+        self._states: dict | None = None
+        layers = backbone.get_decoder().layers
+        self._hooks = [layers[0].register_forward_pre_hook(self._grab_input, with_kwargs=True)]
+        self._hooks += [
+            layer.register_forward_hook(self._grab(i), with_kwargs=True)
+            for i, layer in enumerate(layers)
+        ]
+
+    @classmethod
+    def build(cls, backbone, cfg) -> LadderModel:
+        model = load_backbone(backbone, cfg)
+        arch = Arch.from_hf_config(model.config.to_dict(), source=backbone_source(model))
+        ladder = cls(model, cfg, arch)
+        if cfg.init == "pruned":
+            from scaling.methods.pruning import init_side_from_backbone
+
+            init_side_from_backbone(ladder.side, model)
+        return ladder.train()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # frozen: no dropout, ever
+        return self
+
+    # -- hidden-state capture ----------------------------------------------------------------------
+    def _grab_input(self, module, args, kwargs):
+        if self._states is not None:
+            h = args[0] if args else kwargs["hidden_states"]
+            self._states["hidden"][-1] = h
+            self._states["mask"][-1] = kwargs.get("attention_mask")
+            self._states["position_ids"] = kwargs.get("position_ids")
+
+    def _grab(self, index: int):
+        def hook(module, args, kwargs, output):
+            if self._states is not None:
+                self._states["hidden"][index] = output[0] if isinstance(output, tuple) else output
+                self._states["mask"][index] = kwargs.get("attention_mask")
+
+        return hook
+
+    def backbone_states(self, input_ids, attention_mask=None, position_ids=None) -> dict:
+        """Run the frozen backbone once (no autograd) and return the captured states.
+
+        ``hidden[-1]`` is the embedding output, ``hidden[i]`` the raw output of decoder layer i (before
+        the final norm); ``mask[i]`` the attention mask layer i received (``mask[-1]`` layer 0's).
+        """
+        self._states = {"hidden": {}, "mask": {}, "position_ids": None}
+        try:
+            with torch.no_grad():
+                self.backbone.get_decoder()(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    use_cache=False,
+                )
+            return self._states
+        finally:
+            self._states = None
+
+    def forward(
+        self, input_ids=None, attention_mask=None, labels=None, position_ids=None, **kwargs
+    ):
+        if kwargs.get("past_key_values") is not None or kwargs.get("inputs_embeds") is not None:
+            raise ScalingError("Ladder models take input_ids only (no KV cache, no inputs_embeds)")
+        states = self.backbone_states(input_ids, attention_mask, position_ids)
+        pos = states["position_ids"]
+        if pos is None:
+            pos = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        up = self.side(states, pos)
+        last = states["hidden"][self.arch.num_layers - 1]
+        hidden = self.side.fuse(last.to(up.dtype), up)
+        decoder = self.backbone.get_decoder()
+        head = self.backbone.get_output_embeddings()
+        logits = head(decoder.norm(hidden.to(head.weight.dtype)))
+        loss = None
+        if labels is not None:
+            loss = self.backbone.loss_function(
+                logits=logits, labels=labels, vocab_size=self.backbone.config.vocab_size
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Greedy or sampled decoding. The side net has no KV cache, so each step re-runs the prefix
+        (O(n²) in the generated length): fine for evaluation, not for serving. Left padding works."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            logits = (
+                self(input_ids, attention_mask, position_ids=position_ids).logits[:, -1].float()
+            )
+            if do_sample:
+                logits = logits / max(temperature, 1e-6)
+                if top_k:
+                    kth = torch.topk(logits, top_k).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, -math.inf)
+                nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+            else:
+                nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            input_ids = torch.cat([input_ids, nxt[:, None]], dim=-1)
+            attention_mask = torch.cat([attention_mask, (~done).long()[:, None]], dim=-1)
+            if eos_token_id is not None:
+                done |= nxt == eos_token_id
+                if done.all():
+                    break
+        return input_ids
+
+    def save_weights(self, directory) -> None:
+        state = {k: v.detach().contiguous().cpu() for k, v in self.side.state_dict().items()}
+        save_file(state, str(directory / SIDE_WEIGHTS), metadata={"format": "pt"})
+
+    def load_weights(self, directory) -> None:
+        path = directory / SIDE_WEIGHTS
+        if not path.is_file():
+            raise ScalingError(f"missing {path}")
+        device = self.side.w_in.weight.device
+        self.side.load_state_dict({k: v.to(device) for k, v in load_file(str(path)).items()})

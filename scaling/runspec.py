@@ -1,0 +1,242 @@
+"""The run record every stage speaks: a run's spec, its id, the files of its directory, its result.
+
+    >>> from scaling import runspec
+    >>> run = runspec.open_run("runs/quickstart/runs/ladder-r8-1.2e11-s0-1a2b3c4d")
+    >>> run.spec["steps"], run.result_path             # spec.json, validated; where result.json goes
+    >>> runspec.budget_label(1.2e11)
+    '1.2e11'
+
+The planner (:mod:`scaling.sweep`) writes one :class:`RunSpec` per run as ``runs/<run_id>/spec.json``;
+the trainer (:mod:`scaling.train`) reads it back with :func:`open_run` and writes ``result.json`` and
+``metrics.parquet`` next to it; the launcher (:mod:`scaling.launch`) adds ``launch.json``; the collector
+(:mod:`scaling.fit.collect`) reads them all. This module is what they share, and it imports none of
+them: the file names, the format versions, the result statuses and the deterministic run id.
+
+Run ids are ``<method>-<dial>-<budget>-s<seed>-<sha1[:8]>``, the hash taken over everything that
+defines the run's result, so the same spec gives the same ids in any process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scaling.errors import ScalingError
+from scaling.io import read_json
+
+if TYPE_CHECKING:
+    from scaling.arch import Arch
+    from scaling.methods.base import MethodConfig
+
+SPEC_FORMAT_VERSION = 1
+"""Version of ``runs/<run_id>/spec.json``; ``scaling train`` refuses any other."""
+RESULT_FORMAT_VERSION = 1
+"""Version of ``runs/<run_id>/result.json``."""
+STATUSES = ("success", "failed", "diverged", "cancelled")
+"""What ``result.json`` may say: a run ends in one of the first three; ``cancelled`` (a signal) may be
+followed by a requeue that resumes it."""
+FINAL = ("success", "failed", "diverged")
+"""Result statuses that end a run."""
+
+SPEC_FILE = "spec.json"
+RESULT_FILE = "result.json"
+METRICS_FILE = "metrics.parquet"
+LAUNCH_RECORD = "launch.json"
+"""Written by the launcher: the latest submission of the run and the earlier ones."""
+MANIFEST_FILE = "manifest.parquet"
+SWEEP_FILE = "sweep.json"
+SPEC_KEYS = (
+    "run_id", "backbone", "method", "method_config", "seed", "seq_len", "batch_tokens",
+    "micro_batch_size", "grad_accum_steps", "steps", "tokens", "flops_per_token", "dataset",
+    "optimizer", "train",
+)  # fmt: skip
+"""Keys a ``spec.json`` must hold for a job to train it."""
+
+
+def digest(data: Any) -> str:
+    """sha1 of ``data`` as canonical JSON (sorted keys, no spaces): stable across processes."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def read_json_or_none(path: Path) -> dict[str, Any] | None:
+    """A JSON object, or None for a missing, half-written or foreign file (for readers that must never
+    fail on one, such as ``scaling status``)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Run ids
+
+
+def budget_label(budget: float) -> str:
+    """1e18 → '1e18', 3.16e17 → '3.16e17' (three significant digits)."""
+    text = f"{budget:.3g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
+def dial_label(cfg: MethodConfig) -> str:
+    """Short, config-only tag for run ids: ``r8``, ``w112``, ``r8-d2``, ``r64``."""
+    parts = []
+    if cfg.kind == "ladder":
+        parts.append(f"w{cfg.side_width}" if cfg.side_width else f"r{cfg.reduction}")
+        if cfg.name == "xladder":
+            parts.append(f"d{cfg.delta}")
+        if cfg.side_layers:
+            parts.append(f"l{cfg.side_layers}")
+    elif cfg.kind == "lora":
+        parts.append(f"r{cfg.rank}")
+    return "-".join(parts)
+
+
+def run_id(
+    *, backbone: str, arch: Arch, cfg: MethodConfig, budget: float, seed: int, seq_len: int,
+    batch_tokens: int, dataset: dict[str, Any], optimizer: dict[str, Any],
+) -> str:  # fmt: skip
+    """Readable prefix + sha1 of everything that defines the run's result (not the micro-batch split,
+    which only trades memory for time, nor the constraints, which only choose which runs exist)."""
+    arch_fields = {k: v for k, v in dataclasses.asdict(arch).items() if k != "source"}
+    sha = digest(
+        dict(backbone=backbone, arch=arch_fields, method=cfg.name, config=cfg.to_dict(),
+             budget=budget, seed=seed, seq_len=seq_len, batch_tokens=batch_tokens,
+             dataset=dataset, optimizer={**optimizer, "warmup_steps": None})
+    )  # fmt: skip
+    label = dial_label(cfg)
+    return f"{cfg.name}-{label + '-' if label else ''}{budget_label(budget)}-s{seed}-{sha[:8]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The run spec
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything one training job needs; ``runs/<run_id>/spec.json`` holds exactly this."""
+
+    run_id: str
+    sweep: str
+    backbone: str
+    backbone_config: dict[str, Any]
+    method: str
+    method_config: dict[str, Any]
+    dial: str
+    """Readable dial values, e.g. ``reduction=8``."""
+    budget: float
+    seed: int
+    seq_len: int
+    batch_tokens: int
+    micro_batch_size: int
+    grad_accum_steps: int
+    steps: int
+    tokens: int
+    """Realised training tokens: steps × batch_tokens (≈ budget / flops_per_token)."""
+    flops_per_token: float
+    """Executed training FLOPs per token (full-square attention; :func:`scaling.flops.cost`)."""
+    flops_per_token_causal: float
+    realised_flops: float
+    budget_error: float
+    """realised_flops / budget − 1."""
+    epochs: float | None
+    trainable_params: int
+    backbone_params: int
+    backbone_block_params: int
+    embedding_params: int
+    head_params: int
+    peak_memory_bytes: float
+    fits_gpu: bool | None
+    dataset: dict[str, Any]
+    """The spec's ``[dataset]`` plus ``max_epochs`` (how often the job may repeat the data)."""
+    optimizer: dict[str, Any]
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """How the job runs (``[train]``: logging, evaluation, checkpoints); never changes the result."""
+    status: str = "planned"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``runs/<run_id>/spec.json`` holds: the run plus the file's format version."""
+        return {"format_version": SPEC_FORMAT_VERSION, **self.to_dict()}
+
+    def manifest_row(self) -> dict[str, Any]:
+        """One flat manifest row: nested tables become ``dial_*``, ``dataset_*``, ``optimizer_*``."""
+        row = self.to_dict()
+        del row["backbone_config"]
+        del row["train"]
+        for prefix in ("method_config", "dataset", "optimizer"):
+            short = "dial" if prefix == "method_config" else prefix
+            row |= {f"{short}_{k}": _scalar(v) for k, v in row.pop(prefix).items()}
+        return row
+
+
+def _scalar(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+# --------------------------------------------------------------------------------------------------
+# A run directory
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    path: Path
+    spec: dict[str, Any]
+
+    @property
+    def result_path(self) -> Path:
+        return self.path / RESULT_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def result(self) -> dict[str, Any] | None:
+        if not self.result_path.is_file():
+            return None
+        return read_json(self.result_path, "result file")
+
+    def latest_checkpoint(self) -> Path | None:
+        done = sorted(self.checkpoints.glob("step-*[0-9]")) if self.checkpoints.is_dir() else []
+        return done[-1] if done else None
+
+
+def open_run(run_dir: str | os.PathLike) -> RunDir:
+    """The run at ``run_dir`` with its validated ``spec.json``; ScalingError when it is unusable."""
+    path = Path(run_dir)
+    spec_path = path / SPEC_FILE
+    if not path.is_dir():
+        raise ScalingError(f"run directory not found: {path}")
+    if not spec_path.is_file():
+        raise ScalingError(f"{path} is not a planned run (no spec.json; see `scaling sweep`)")
+    spec = read_json(spec_path, "run spec")
+    if not isinstance(spec, dict):
+        raise ScalingError(f"{spec_path} is not a JSON object")
+    version = spec.get("format_version")
+    if version != SPEC_FORMAT_VERSION:
+        raise ScalingError(
+            f"{spec_path} has format version {version}, this scaling reads {SPEC_FORMAT_VERSION}; "
+            "re-plan the sweep with this version"
+        )
+    missing = [k for k in SPEC_KEYS if k not in spec]
+    if missing:
+        raise ScalingError(f"{spec_path} lacks {', '.join(missing)}")
+    return RunDir(path, spec)

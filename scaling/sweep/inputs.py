@@ -1,0 +1,126 @@
+"""Planner inputs from outside the spec: budgets from the command line, backbones from presets,
+directories or the hub cache, and a prior fit to centre grids on.
+
+    >>> from scaling.sweep.inputs import parse_budgets, resolve_backbone, load_fit
+    >>> parse_budgets(["1e16:1e18:3"])
+    [1e+16, 1e+17, 1e+18]
+    >>> arch, hf_config = resolve_backbone("qwen2.5-7b")
+    >>> load_fit("runs/q/fit/fits.json")            # {method: (A, a)}: N*(C) = A·C^a
+
+Backbones are architecture presets (:data:`scaling.arch.PRESETS`), model directories, ``config.json``
+files, or hub names (read from the local Hugging Face cache only, else matched to a preset by name:
+``Qwen/Qwen2.5-7B`` → ``qwen2.5-7b``); an inline ``[backbone_config."<ref>"]`` stands in for a backbone
+that does not exist yet. A fit file (written by ``scaling fit``) has the form ::
+
+    {"methods": {"ladder": {"optimal_params": {"A": 2.1e-3, "a": 0.52}}, "qlora": {...}}}
+
+meaning N*(C) = A·C^a trainable parameters at budget C (other keys are ignored).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from scaling.arch import (
+    PRESETS,
+    Arch,
+    hub_cached_config,
+    preset_alias,
+    preset_config,
+    read_hf_config,
+)
+from scaling.config import check_positive_number
+from scaling.errors import ScalingError
+from scaling.io import read_json
+
+
+def parse_budgets(items: list[str] | str) -> list[float]:
+    """``["1e17", "3e17"]`` or ``["1e16:1e18:5"]`` (geometric, 3 significant digits) → sorted budgets."""
+    out: list[float] = []
+    for item in [items] if isinstance(items, str) else items:
+        parts = str(item).split(":")
+        if len(parts) not in (1, 3):
+            raise ScalingError(f"--flops: {item!r} is neither a number nor a range START:STOP:N")
+        values = [_budget(p, item) for p in parts[:2]]
+        if len(parts) == 1:
+            out.append(values[0])
+            continue
+        start, stop = values
+        try:
+            n = int(parts[2])
+        except ValueError:
+            raise ScalingError(f"--flops: the N of {item!r} must be an integer") from None
+        if n < 2 or stop <= start:
+            raise ScalingError(f"--flops: range {item!r} needs START < STOP and N ≥ 2")
+        out += [float(f"{start * (stop / start) ** (i / (n - 1)):.3g}") for i in range(n)]
+    return check_budgets(out)
+
+
+def _budget(text: str, item: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        hint = " (give the spec file before --flops)" if text.endswith(".toml") else ""
+        raise ScalingError(f"--flops: {item!r} is not a number{hint}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ScalingError(f"--flops: budgets must be positive and finite; got {item!r}")
+    return value
+
+
+def check_budgets(budgets: list[float]) -> list[float]:
+    if not budgets:
+        raise ScalingError(
+            "no budgets: give --flops (e.g. --flops 1e17 1e18) or budgets in the spec"
+        )
+    for b in budgets:
+        check_positive_number("budget", b)
+    return sorted({float(b) for b in budgets})
+
+
+def resolve_backbone(ref: str, inline: dict[str, Any] | None = None) -> tuple[Arch, dict[str, Any]]:
+    """(architecture, config.json fields) of a preset, directory, config.json, or cached hub name."""
+    if ref.lower() in PRESETS or Path(ref).exists():
+        cfg = read_hf_config(ref)
+    elif (cached := hub_cached_config(ref)) is not None:
+        cfg = cached
+    elif inline is not None:
+        cfg = dict(inline)
+    elif (alias := preset_alias(ref)) is not None:
+        cfg = preset_config(alias)
+    else:
+        raise ScalingError(
+            f"backbone not found: {ref} (not a preset, model directory, config.json or cached hub "
+            f'model, and no [backbone_config."{ref}"]); presets: {", ".join(PRESETS)}'
+        )
+    return Arch.from_hf_config(cfg, source=ref), cfg
+
+
+def load_fit(source: str | Path | dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """``{method: (A, a)}`` with N*(C) = A·C^a from a fit file (schema in the module docstring).
+
+    A method whose ``optimal_params`` is null (``scaling fit`` found no N*(C) law for it) is left out:
+    its grid stays the spec's own, as for a method the fit does not mention."""
+    data = source
+    where = "(given as a dict)" if isinstance(source, dict) else str(source)
+    if not isinstance(source, dict):
+        data = read_json(source, "fit file")
+    table = data.get("methods") if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        raise ScalingError(f"fit {where} has no 'methods' table")
+    out = {}
+    for name, entry in table.items():
+        if isinstance(entry, dict) and entry.get("optimal_params", 0) is None:
+            continue
+        try:
+            law = entry["optimal_params"]
+            A, a = float(law["A"]), float(law["a"])
+        except (KeyError, TypeError, ValueError):
+            raise ScalingError(
+                f"fit {where}: methods.{name}.optimal_params needs numbers A and a"
+            ) from None
+        if not (math.isfinite(A) and A > 0 and math.isfinite(a)):
+            raise ScalingError(f"fit {where}: methods.{name}: A must be positive, a finite")
+        out[name] = (A, a)
+    return out

@@ -1,0 +1,213 @@
+"""isoFLOP sweep planning: budgets and dial grids in, one fully specified run per point out.
+
+    >>> from scaling import sweep
+    >>> spec = sweep.load_spec()                      # the built-in default (= sweeps/default.toml)
+    >>> runs = sweep.plan(spec, [1e17, 1e18])         # list[RunSpec], one per (budget, backbone,
+    >>> runs[0].run_id                                #   method, dial value, seed)
+    'ladder-r2-1e17-s0-…'
+    >>> p = sweep.build_plan(sweep.load_spec("sweeps/quickstart.toml"), from_fit="fits.json")
+    >>> p.dropped, p.warnings                         # what was left out and why; grid warnings
+
+Tokens come from the exact training FLOPs per token of each configuration (:func:`scaling.flops.cost`),
+never 6·N·D: D = C / F(config, seq_len). Steps are derived, never typed: steps = round(D / B) for a
+batch of B tokens; the run trains on D' = steps·B tokens and spends C' = D'·F, which must lie within
+``constraints.tolerance`` (1%) of C — guaranteed once steps ≥ 50, since |C'/C − 1| ≤ 1 / (2·steps).
+A point that breaks a constraint (too few steps, too many epochs, too much memory, a budget it cannot
+hit) is dropped and listed with its reason, never silently. With a fit (``from_fit``), each budget's
+grid is centred on the fitted optimum (:func:`scaling.sweep.grid.centred_grid`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+from scaling import flops, methods
+from scaling.errors import ScalingError
+from scaling.runspec import RunSpec, budget_label, run_id
+from scaling.sweep.grid import centred_grid, dial_grid, grid_warnings
+from scaling.sweep.inputs import check_budgets, load_fit, resolve_backbone
+from scaling.sweep.spec import SweepSpec, load_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropped:
+    """A point left out of the plan, and why."""
+
+    budget: float
+    backbone: str
+    method: str
+    dial: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    spec: SweepSpec
+    budgets: list[float]
+    runs: list[RunSpec]
+    dropped: list[Dropped]
+    warnings: list[str]
+    fit: dict[str, tuple[float, float]] | None = None
+
+    @property
+    def identity(self) -> str:
+        return self.spec.identity()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sweep": self.spec.name,
+            "spec_hash": self.identity,
+            "spec": self.spec.to_dict(),
+            "budgets": self.budgets,
+            "fit": {m: {"A": A, "a": a} for m, (A, a) in self.fit.items()} if self.fit else None,
+            "runs": [r.to_dict() for r in self.runs],
+            "dropped": [dataclasses.asdict(d) for d in self.dropped],
+            "warnings": self.warnings,
+        }
+
+
+def _axes_label(method: str, spec: SweepSpec, cfg: methods.MethodConfig, placed: bool) -> str:
+    """``reduction=8``: the values of the method's grid axes (its default dial when none)."""
+    table = spec.method.get(method, {})
+    keys = [k for k, v in table.items() if isinstance(v, (list, dict))]
+    dial = type(cfg).dial
+    if dial and (placed or not keys) and dial not in keys:
+        keys.insert(0, dial)
+    return ", ".join(f"{k}={getattr(cfg, k)}" for k in keys)
+
+
+def build_plan(
+    spec: SweepSpec,
+    budgets: list[float] | None = None,
+    *,
+    from_fit: str | Path | dict[str, Any] | None = None,
+    gpu_mem: str | None = None,
+) -> Plan:
+    """Lay out every (budget, backbone, method, dial, seed) run; list dropped points and warnings."""
+    if gpu_mem is not None:
+        spec = spec.replace(constraints=spec.constraints.replace(gpu_mem=gpu_mem))
+    budgets = check_budgets(list(spec.budgets if budgets is None else budgets))
+    fit = load_fit(from_fit) if from_fit is not None else None
+    gpu_mem = spec.constraints.gpu_mem
+    cap = flops.parse_bytes(gpu_mem) if gpu_mem else None
+    grids = {m: dial_grid(spec, m) for m in spec.methods}
+    backbones = {
+        b: resolve_backbone(b, spec.backbone_config.get(b)) for b in dict.fromkeys(spec.backbones)
+    }
+    costs: dict[tuple, Any] = {}
+    runs: list[RunSpec] = []
+    dropped: list[Dropped] = []
+    warnings: list[str] = []
+    if fit is not None:
+        for m in spec.methods:
+            if m not in fit:
+                warnings.append(f"{m}: the fit has no entry for it; its grid is not re-centred")
+    for budget in budgets:
+        cheapest = math.inf
+        for ref, (arch, hf_config) in backbones.items():
+            for m in spec.methods:
+                placed = fit is not None and m in fit and type(grids[m][0]).dial is not None
+                cfgs = grids[m]
+                if placed:
+                    A, a = fit[m]
+                    cfgs = centred_grid(grids[m], arch, spec.seq_len, A * budget**a, spec.grid)
+                kept: list[int] = []
+                for cfg in cfgs:
+                    label = _axes_label(m, spec, cfg, placed)
+                    key = (ref, cfg)
+                    if key not in costs:
+                        try:
+                            costs[key] = (
+                                flops.cost(arch, cfg, spec.seq_len),
+                                flops.memory(arch, cfg, spec.seq_len, spec.micro_batch_size),
+                            )
+                        except ScalingError as e:
+                            costs[key] = str(e)
+                    if isinstance(costs[key], str):
+                        dropped.append(Dropped(budget, ref, m, label, costs[key]))
+                        continue
+                    cost, mem = costs[key]
+                    cheapest = min(cheapest, cost.train_flops_per_token)
+                    made = _runs(spec, budget, ref, arch, hf_config, cfg, label, cost, mem, cap)
+                    if isinstance(made, str):
+                        dropped.append(Dropped(budget, ref, m, label, made))
+                    else:
+                        kept.append(cost.trainable_params)
+                        runs += made
+                where = f"{budget_label(budget)} {ref} {m}"
+                centre = A * budget**a if placed else None
+                warnings += [f"{where}: {w}" for w in grid_warnings(kept, centre)]
+        if cheapest < math.inf and budget < cheapest * spec.batch_tokens / 2:
+            raise ScalingError(
+                f"budget {budget_label(budget)} FLOPs is too small for one optimizer step: the "
+                f"cheapest point needs {budget_label(cheapest * spec.batch_tokens)} FLOPs per step "
+                f"of {spec.batch_tokens} tokens"
+            )
+    return Plan(spec, budgets, runs, dropped, warnings, fit)
+
+
+def _runs(spec, budget, ref, arch, hf_config, cfg, label, cost, mem, cap) -> list[RunSpec] | str:
+    """One run per seed at this point, or the reasons it violates the constraints."""
+    cons = spec.constraints
+    fpt = cost.train_flops_per_token
+    steps = round(budget / fpt / spec.batch_tokens)
+    tokens = steps * spec.batch_tokens
+    realised = tokens * fpt
+    error = realised / budget - 1
+    epochs = tokens / spec.dataset.tokens if spec.dataset.tokens else None
+    reasons = []
+    if steps < cons.min_steps:
+        reasons.append(f"budget too small: {steps} steps < min_steps {cons.min_steps}")
+    elif abs(error) > cons.tolerance:
+        reasons.append(
+            f"{steps} whole steps miss the budget by {error:+.2%} (> {cons.tolerance:.0%})"
+        )
+    if cons.max_epochs is not None and epochs > cons.max_epochs:
+        reasons.append(f"{epochs:.3g} epochs > max_epochs {cons.max_epochs:g}")
+    if cap is not None and not mem.fits(cap):
+        reasons.append(f"peak memory {mem.total / flops.GiB:.1f} GiB > gpu_mem {cons.gpu_mem}")
+    if reasons:
+        return "; ".join(reasons)
+    counts = cost.to_dict()
+    runs = []
+    for seed in spec.seeds:
+        opt = spec.optimizer.for_method(cfg.name, steps)
+        rid = run_id(
+            backbone=ref, arch=arch, cfg=cfg, budget=budget, seed=seed, seq_len=spec.seq_len,
+            batch_tokens=spec.batch_tokens, dataset=spec.dataset.to_dict(), optimizer=opt,
+        )  # fmt: skip
+        runs.append(
+            RunSpec(
+                run_id=rid, sweep=spec.name, backbone=ref, backbone_config=hf_config,
+                method=cfg.name, method_config=cfg.to_dict(), dial=label, budget=budget, seed=seed,
+                seq_len=spec.seq_len, batch_tokens=spec.batch_tokens,
+                micro_batch_size=spec.micro_batch_size,
+                grad_accum_steps=spec.batch_tokens // (spec.seq_len * spec.micro_batch_size),
+                steps=steps, tokens=tokens, flops_per_token=fpt,
+                flops_per_token_causal=cost.train_flops_per_token_causal, realised_flops=realised,
+                budget_error=error, epochs=epochs, trainable_params=cost.trainable_params,
+                backbone_params=counts["backbone_params"],
+                backbone_block_params=counts["backbone_block_params"],
+                embedding_params=counts["embedding_params"], head_params=counts["head_params"],
+                peak_memory_bytes=mem.total, fits_gpu=None if cap is None else True,
+                dataset=spec.dataset.to_dict() | {"max_epochs": cons.max_epochs},
+                optimizer=opt, train=spec.train.to_dict(),
+            )
+        )  # fmt: skip
+    return runs
+
+
+def plan(
+    spec: SweepSpec | str | Path | None,
+    budgets: list[float] | None = None,
+    *,
+    from_fit: str | Path | dict[str, Any] | None = None,
+    gpu_mem: str | None = None,
+) -> list[RunSpec]:
+    """The runs of ``spec`` (a SweepSpec, a TOML path, or None for the default) at ``budgets``."""
+    if not isinstance(spec, SweepSpec):
+        spec = load_spec(spec)
+    return build_plan(spec, budgets, from_fit=from_fit, gpu_mem=gpu_mem).runs

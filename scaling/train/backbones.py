@@ -1,0 +1,131 @@
+"""A built-in family of tiny Llama backbones, pre-trained on the spot so fine-tuning them means something.
+
+    scaling backbone tiny                      # → runs/backbones/tiny-llama-{32,64,128}, cached
+
+Each backbone is a 4-layer Llama (GQA, untied head, the byte tokenizer of :mod:`scaling.train.tokenizers`) at
+one of three widths, pre-trained briefly on synthetic arithmetic of difficulty 2 (data seed 1000) and
+saved with ``save_pretrained``, so every later step loads it through the same ``from_pretrained``
+path as a real model. Fine-tuning sweeps then train on harder problems (difficulty 3, data seed 0):
+the backbone's hidden states carry digits, operators and the column-by-column format, which the
+side network or adapter must adapt — a random backbone would leave Ladder's ladders nothing to read.
+
+A backbone is rebuilt only when its ``pretrain.json`` differs from what is asked (or ``force``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from scaling import io
+from scaling.errors import ScalingError
+from scaling.train.data import prepare
+from scaling.train.tokenizers import byte_tokenizer, save_byte_tokenizer
+
+DEFAULT_DIR = Path("runs/backbones")
+TINY_SHAPE = dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                  max_position_embeddings=256, tie_word_embeddings=False)  # fmt: skip
+TINY_WIDTHS = {32: 88, 64: 176, 128: 352}  # hidden size → MLP size (≈ 2.75×, Llama's ratio)
+PRETRAIN = dict(corpus="synthetic-arithmetic", difficulty=2, data_seed=1000, seq_len=128,
+                batch=8, lr=3e-3, warmup=10, seed=0)  # fmt: skip
+
+
+def tiny_config(width: int) -> dict[str, Any]:
+    """``config.json`` fields of the tiny Llama of this width."""
+    if width not in TINY_WIDTHS:
+        raise ScalingError(
+            f"no tiny backbone of width {width}; widths: {', '.join(map(str, TINY_WIDTHS))}"
+        )
+    return dict(
+        model_type="llama", hidden_size=width, intermediate_size=TINY_WIDTHS[width], **TINY_SHAPE
+    )
+
+
+def save_random(directory: str | Path, width: int = 128) -> Path:
+    """A randomly initialised tiny Llama (seed 0) and the byte tokenizer, saved with ``save_pretrained``."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    fields = {k: v for k, v in tiny_config(width).items() if k != "model_type"}
+    torch.manual_seed(0)
+    with io.atomic_dir(directory) as tmp:
+        AutoModelForCausalLM.from_config(LlamaConfig(**fields)).save_pretrained(tmp)
+        save_byte_tokenizer(tmp)  # 259 byte tokens ≤ the 512-row vocabulary
+    return Path(directory)
+
+
+def pretrain(directory: str | Path, width: int, steps: int, *, force: bool = False,
+             log=print) -> dict[str, Any]:  # fmt: skip
+    """Build (or reuse) the pre-trained tiny Llama of ``width`` in ``directory``; return its record."""
+    import torch
+
+    from scaling.train.objective import schedule, token_loss_sum
+
+    directory = Path(directory)
+    wanted = {"width": width, "steps": steps, **PRETRAIN, "config": tiny_config(width)}
+    record_path = directory / "pretrain.json"
+    if record_path.is_file() and not force:
+        record = io.read_json(record_path, "pretrain record")
+        if {k: record.get(k) for k in wanted} == wanted:
+            return record
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    start = time.perf_counter()
+    torch.manual_seed(PRETRAIN["seed"])
+    fields = {k: v for k, v in tiny_config(width).items() if k != "model_type"}
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**fields, attn_implementation="sdpa"))
+    tokenizer = byte_tokenizer()
+    corpus = {"name": PRETRAIN["corpus"], "path": None, "tokens": None, "split": "train",
+              "text_field": "text", "prompt_field": "prompt", "response_field": "response",
+              "eval_sequences": 8, "seed": PRETRAIN["data_seed"],
+              "difficulty": PRETRAIN["difficulty"]}  # fmt: skip
+    b, seq = PRETRAIN["batch"], PRETRAIN["seq_len"]
+    tokens = prepare(corpus, tokenizer, seq_len=seq, train_sequences=steps * b, max_epochs=None)
+    opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"], weight_decay=0.1)
+    sched = schedule(
+        opt, dict(schedule="cosine", warmup_steps=PRETRAIN["warmup"], min_lr_ratio=0.1), steps
+    )
+    model.train()
+    losses = []
+    for step in range(steps):
+        ids = torch.from_numpy(tokens.train_ids[step * b : (step + 1) * b])
+        # Language modelling on every token: prompts too (the arithmetic format is the "language").
+        n = ids[:, 1:].numel()
+        loss = token_loss_sum(model(input_ids=ids).logits, ids) / n
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if (step + 1) % max(1, steps // 4) == 0:
+            log(f"  tiny-llama-{width}: step {step + 1}/{steps} loss {loss.item():.3f}")
+    model.eval()
+    with torch.no_grad():
+        ev = torch.from_numpy(tokens.eval_ids)
+        eval_loss = (token_loss_sum(model(input_ids=ev).logits, ev) / ev[:, 1:].numel()).item()
+    if not math.isfinite(eval_loss):
+        raise ScalingError(f"pre-training tiny-llama-{width} diverged (eval loss {eval_loss})")
+    record = {**wanted, "final_train_loss": sum(losses[-10:]) / len(losses[-10:]),
+              "eval_loss": eval_loss, "seconds": time.perf_counter() - start,
+              "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
+    with io.atomic_dir(directory) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        io.write_json(tmp / "pretrain.json", record)
+    return record
+
+
+def build_family(out: str | Path = DEFAULT_DIR, *, steps: int = 150, widths=None, force: bool = False,
+                 log=print) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Pre-train (or reuse) every tiny backbone under ``out``; name → its ``pretrain.json`` record."""
+    from scaling.methods.backbone import quiet_libraries
+
+    quiet_libraries()
+    records = {}
+    for width in widths or TINY_WIDTHS:
+        name = f"tiny-llama-{width}"
+        records[name] = pretrain(Path(out) / name, width, steps, force=force, log=log)
+    return records
