@@ -20,7 +20,6 @@ from scaling.errors import ScalingError
 
 HELP = "fit scaling laws, compute frontiers and method comparisons to a sweep's runs"
 EXAMPLE = "scaling fit runs/quickstart --predict 1e13 --gpu-mem 12GB"
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,23 +86,9 @@ def _spec(args: argparse.Namespace, spec_path: str | None):
     return spec.replace(**over) if over else spec
 
 
-def _read_table(path: Path):
-    import polars as pl
-
-    if not path.is_file():
-        raise ScalingError(f"table not found: {path}")
-    try:
-        if path.suffix == ".csv":
-            return pl.read_csv(path, infer_schema_length=None)
-        return pl.read_parquet(path)
-    except (OSError, pl.exceptions.PolarsError) as e:
-        raise ScalingError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
-
-
 def run(args: argparse.Namespace) -> None:
-    from scaling.fit import collect
+    from scaling.fit.inputs import TABLE_COLUMNS, load_inputs
     from scaling.fit.pipeline import fit
-    from scaling.fit.points import Columns
     from scaling.fit.report import clean_json, summary, write_outputs
 
     inputs = list(args.inputs)
@@ -112,43 +97,17 @@ def run(args: argparse.Namespace) -> None:
         if spec_path:
             raise ScalingError("two fit specs: a leading .toml input and --spec")
         spec_path = inputs.pop(0)
-    if not inputs:
-        raise ScalingError("no input: give sweep run directories or a CSV/Parquet table")
     spec = _spec(args, spec_path)
     if spec.gpu_mem and not spec.predict:
         raise ScalingError("--gpu-mem needs --predict C: the budget to advise for")
     paths = [Path(p) for p in inputs]
-    tables = [p for p in paths if p.suffix in TABLE_SUFFIXES]
-    curves = None
-    if tables:
-        if len(paths) > 1:
-            raise ScalingError("give one table, or run directories, not both")
-        if not (args.params_col and args.loss_col):
-            raise ScalingError("a table needs --params-col and --loss-col (and --tokens-col or "
-                               "--flops-col)")  # fmt: skip
-        table = _read_table(paths[0])
-        cols = Columns(params=args.params_col, loss=args.loss_col, tokens=args.tokens_col,
-                       flops=args.flops_col, method=args.method_col, budget=args.budget_col,
-                       run_id=args.run_id_col)  # fmt: skip
-        out = Path(args.out) if args.out else paths[0].with_name(paths[0].stem + "-fit")
-        source = str(paths[0])
-    else:
-        table_flags = [f for f in ("params_col", "tokens_col", "loss_col", "flops_col",
-                                   "method_col", "budget_col", "run_id_col") if getattr(args, f)]  # fmt: skip
-        if table_flags:
-            flag = "--" + table_flags[0].replace("_", "-")
-            raise ScalingError(
-                f"{flag} is for CSV/Parquet tables; run directories have fixed columns"
-            )
-        c = collect.collect(paths, cache=not args.no_cache)
-        for w in c.warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        table = c.table(spec)
-        cols = Columns.for_runs(spec)
-        curves = c.curves
-        out = Path(args.out) if args.out else paths[0] / "fit"
-        source = ", ".join(map(str, paths))
-    report = fit(table, spec, cols, curves=curves, source=source, inputs=[str(p) for p in paths])
+    columns = {role: getattr(args, f"{role}_col") for role in TABLE_COLUMNS}
+    data = load_inputs(paths, spec, table_columns=columns, cache=not args.no_cache)
+    for w in data.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    report = fit(data.table, spec, data.cols, curves=data.curves, source=data.source,
+                 inputs=[str(p) for p in paths])  # fmt: skip
+    out = Path(args.out) if args.out else data.default_out
     written = write_outputs(report, out, plots=not args.no_plots)
     if args.json:
         print(json.dumps(clean_json(_json_summary(report, out)), indent=2))

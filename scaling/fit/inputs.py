@@ -1,0 +1,80 @@
+"""What ``scaling fit`` reads: sweep run directories (collected into one table) or one table of runs
+(CSV or Parquet, with the user's column names), checked before anything is fitted or written.
+
+    >>> from scaling.fit.inputs import load_inputs
+    >>> data = load_inputs([Path("runs/quickstart")], spec)                     # run directories
+    >>> data = load_inputs([Path("chinchilla.csv")], spec,
+    ...                    table_columns={"params": "N", "tokens": "D", "loss": "loss"})
+    >>> fit.fit(data.table, spec, data.cols, curves=data.curves, source=data.source)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from scaling.errors import ScalingError
+from scaling.fit import collect
+from scaling.fit.points import Columns
+from scaling.fit.spec import FitSpec
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+TABLE_COLUMNS = ("params", "tokens", "loss", "flops", "method", "budget", "run_id")
+"""What a table's columns may be named for (``--params-col`` ...); run directories have fixed ones."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Inputs:
+    table: Any
+    """polars DataFrame, one row per run."""
+    cols: Columns
+    curves: Any | None
+    """Per-step metrics of collected runs (approach 1); None for a table."""
+    source: str
+    default_out: Path
+    """Where the outputs go unless told: ``RUN_DIR/fit`` or ``TABLE-fit`` beside the table."""
+    warnings: list[str]
+
+
+def read_table(path: Path):
+    """A CSV or Parquet table, or a one-line error."""
+    import polars as pl
+
+    if not path.is_file():
+        raise ScalingError(f"table not found: {path}")
+    try:
+        if path.suffix == ".csv":
+            return pl.read_csv(path, infer_schema_length=None)
+        return pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise ScalingError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+
+
+def load_inputs(paths: list[Path], spec: FitSpec, *, table_columns: dict[str, str | None] | None = None,
+                cache: bool = True) -> Inputs:  # fmt: skip
+    """One table of runs from ``paths``: several run directories, or one table whose columns
+    ``table_columns`` names (keys: :data:`TABLE_COLUMNS`)."""
+    if not paths:
+        raise ScalingError("no input: give sweep run directories or a CSV/Parquet table")
+    named = {k: v for k, v in (table_columns or {}).items() if v}
+    unknown = sorted(set(named) - set(TABLE_COLUMNS))
+    if unknown:
+        raise ScalingError(
+            f"unknown table column role {unknown[0]!r}; roles: {', '.join(TABLE_COLUMNS)}"
+        )
+    if any(p.suffix in TABLE_SUFFIXES for p in paths):
+        if len(paths) > 1:
+            raise ScalingError("give one table, or run directories, not both")
+        if not ("params" in named and "loss" in named):
+            raise ScalingError("a table needs --params-col and --loss-col (and --tokens-col or "
+                               "--flops-col)")  # fmt: skip
+        table = read_table(paths[0])
+        return Inputs(table, Columns(**named), None, str(paths[0]),
+                      paths[0].with_name(paths[0].stem + "-fit"), [])  # fmt: skip
+    if named:
+        flag = "--" + next(iter(named)).replace("_", "-") + "-col"
+        raise ScalingError(f"{flag} is for CSV/Parquet tables; run directories have fixed columns")
+    c = collect.collect(paths, cache=cache)
+    return Inputs(c.table(spec), Columns.for_runs(spec), c.curves, ", ".join(map(str, paths)),
+                  paths[0] / "fit", list(c.warnings))  # fmt: skip
