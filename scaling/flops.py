@@ -376,20 +376,67 @@ def _ladder_terms(arch: Arch, m, s: int, conv: str):
 
 # --------------------------------------------------------------------------------------------------
 # Peak memory
+#
+# Checked term by term against scaling.measure.LiveBytes, which counts the live tensor storages of a
+# real training step (tests/test_memory.py: every method, plain and efficient loss, fp32 and bf16,
+# Llama- and Qwen2-like, two sequence lengths, the first and a steady-state step: within 5%).
+
+DEVICES = ("cuda", "cpu")
+CHUNK_BYTES = 2**26
+"""fp32 logits per chunk of the chunked cross-entropy (64 MiB: 1,024 positions of a 16k vocabulary)."""
+
+
+def chunk_rows(vocab_size: int) -> int:
+    """Positions per chunk of :func:`scaling.train.objective.chunked_loss_sum`."""
+    return max(1, CHUNK_BYTES // (4 * vocab_size))
+
+
+NF4_LINEAR_FIXED = 64 + 4 + 1024
+"""Bytes per NF4 linear besides its packed weights and absmax: the 16-value fp32 NF4 code book, the
+fp32 offset and the 256-value fp32 code book of the second-level (double) quantisation."""
+
+
+def nf4_linear_bytes(n: int) -> tuple[int, int]:
+    """(packed weights, quantisation state) of one NF4 linear with ``n`` weights, double quantised:
+    4 bits per weight, a uint8 absmax per 64-weight block, an fp32 absmax per 256 blocks (Dettmers et
+    al. 2023 §3; the layout bitsandbytes stores)."""
+    blocks = -(-n // 64)
+    return (n + 1) // 2, blocks + 4 * -(-blocks // 256) + NF4_LINEAR_FIXED
 
 
 @dataclasses.dataclass(frozen=True)
 class MemoryEstimate:
-    """Analytic peak memory of one training step, in bytes (see the module docstring)."""
+    """Analytic peak of the tensor memory of one training step, in bytes (see the module docstring).
+
+    ``total`` is what the device must hold at the peak; ``paged`` (a paged optimizer's state, kept in
+    CUDA unified memory that the driver moves to host RAM when the card is full) is reported apart and
+    not counted in it, as ``torch.cuda.max_memory_allocated`` does not count it either."""
 
     weights: float
-    trainable_state: float
+    """Every parameter's storage: packed NF4 blocks, unquantised embeddings/head/norms, trained parts."""
+    quant_state: float
+    """bitsandbytes' absmax and code books of the NF4 weights."""
+    gradients: float
+    optimizer: float
+    """Optimizer state on the device (none before the first step's update)."""
     activations: float
-    logits: float
+    """Tensors kept for backward at the peak (with checkpointing: each block's input plus one
+    recomputed block); for Ladder also the backbone states the side net reads, while it reads them."""
+    loss: float
+    """Final hidden states, logits and the loss's own tensors and gradients at the peak."""
+    temporaries: float
+    """Other transients at the peak: a block's backward working set, the optimizer's update buffers."""
+    peak_at: str
+    """``side forward``, ``loss forward``, ``loss backward``, ``backward`` (checkpointed block) or
+    ``optimizer step``."""
+    step: str = "steady"
+    """``first`` (no optimizer state before the update) or ``steady``."""
+    paged: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.weights + self.trainable_state + self.activations + self.logits
+        return (self.weights + self.quant_state + self.gradients + self.optimizer
+                + self.activations + self.loss + self.temporaries)  # fmt: skip
 
     def fits(self, capacity_bytes: float) -> bool:
         return self.total <= capacity_bytes
@@ -398,46 +445,266 @@ class MemoryEstimate:
         return dataclasses.asdict(self) | {"total": self.total}
 
 
-def block_activation_bytes(arch: Arch) -> int:
-    """Bytes kept for backward per token by one Llama block with autograd on (bf16): 22·d + 8·f."""
-    return 22 * arch.hidden_size + 8 * arch.intermediate_size
+@dataclasses.dataclass(frozen=True)
+class _Widths:
+    """What one decoder block keeps depends on: its widths, the activation width ``e`` (bytes), whether
+    its weights train, its input carries a gradient, and its LoRA adapters (rank 0: none)."""
+
+    d: int
+    qw: int
+    kw: int
+    f: int
+    heads: int
+    head_dim: int
 
 
-def memory(
-    arch: Arch, method: MethodLike, seq_len: int, batch_size: int, *, dtype_bytes: int = 2
-) -> MemoryEstimate:
-    """Peak training memory of ``method`` at micro-batch ``batch_size`` × ``seq_len`` tokens."""
-    p = backbone_params(arch)
-    tokens = batch_size * seq_len
-    quantized = getattr(method, "quantization", "none") == "nf4"
-    upcast = 2 if getattr(method, "prepare_kbit", False) else 1
-    ckpt = getattr(method, "gradient_checkpointing", False)
-    d, L = arch.hidden_size, arch.num_layers
-    # Embeddings, head and norms stay in the compute dtype (fp32 after prepare_model_for_kbit_training).
-    unquantized = (p.embeddings + p.head + p.final_norm + p.block_other) * dtype_bytes * upcast
-    blocks = p.block_linear * (NF4_BITS / 8 if quantized else dtype_bytes)
-    c = cost(arch, method, seq_len)
+def _widths(arch: Arch) -> _Widths:
+    return _Widths(arch.hidden_size, arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim,
+                   arch.intermediate_size, arch.num_heads, arch.head_dim)  # fmt: skip
+
+
+def _norm_saved(d: int, e: int, *, in_grad: bool, weight_trains: bool) -> int:
+    """RMSNorm (transformers' Llama/Qwen2): x.to(fp32) · rsqrt(mean(x²) + ε), times the weight. With a
+    gradient through it, the fp32 input (the input itself when it is fp32) and the rsqrt (one fp32 per
+    token) are kept; a trained weight also keeps the normalised input in the activation dtype."""
+    out = (4 * d + 4) if in_grad else 0
+    return out + (e * d if weight_trains else 0)
+
+
+def _lora_saved(width: int, e: int, r: int, dropout: float, *, in_grad: bool, device: str) -> int:
+    """peft's LoRA branch B(A(dropout(x))) on an input of ``width``: A keeps its (dropped-out) input and
+    B keeps A's output. Dropout keeps its mask when a gradient flows through it: CUDA's fused kernel a
+    bool per element, CPU's composite implementation the scaled noise in the activation dtype."""
+    out = r * e
+    if dropout > 0:
+        out += width * e + (((1 if device == "cuda" else e) * width) if in_grad else 0)
+    return out
+
+
+def _block_saved(w: _Widths, e: int, seq_len: int, *, trains: bool, in_grad: bool, lora: int,
+                 dropout: float, device: str, attention: str, norm_out: int, lora_e: int) -> int:  # fmt: skip
+    """Bytes kept for backward per token by one decoder block (input norm, attention, MLP).
+
+    ``e``: bytes per element of the block's activations; ``trains``: its weights train (full
+    fine-tuning, side layers); ``lora``: LoRA rank on all seven projections (0: none), with adapters
+    of ``lora_e`` bytes; ``in_grad``: its input carries a gradient (not the first block of a LoRA
+    model whose embeddings are frozen); ``norm_out``: bytes per element of a norm's output."""
+    d, qw, kw, f = w.d, w.qw, w.kw, w.f
+    out = _norm_saved(d, e, in_grad=in_grad, weight_trains=trains)
+    if trains:
+        out += norm_out * d  # q, k and v keep the norm's output (one storage)
+    # RoPE keeps only cos/sin (per forward, counted once); attention keeps q and k after RoPE, v,
+    # its output and the fp32 log-sum-exp per head (SDPA: flash/efficient kernels, CPU's flash kernel).
+    out += (qw + kw + kw + qw) * e + 4 * w.heads
+    if attention == "eager":  # the (H × s) probabilities per token: fp32 softmax and its cast
+        out += (
+            w.heads * seq_len * (4 + (e if e != 4 else 0)) + (qw - kw) * 2 * e
+        )  # + repeat_kv copies
+    # o_proj keeps the attention output (the same storage SDPA keeps) when it trains.
+    out += _norm_saved(d, e, in_grad=True, weight_trains=trains)  # post-attention norm
+    if trains:
+        out += norm_out * d  # gate and up keep the norm's output
+    out += 3 * f * e  # SiLU keeps gate's output; the product keeps SiLU's output and up's output
+    if trains:
+        out += f * e  # down_proj keeps its input
+    if lora:
+        # q, k, v and gate, up read the norms' outputs (the first block's q/k/v input has no gradient);
+        # o reads the attention output; down the MLP product.
+        # peft casts each adapter's input to the adapters' dtype first (a transient copy).
+        out += 3 * _lora_saved(d, lora_e, lora, dropout, in_grad=in_grad, device=device)
+        out += _lora_saved(qw, lora_e, lora, dropout, in_grad=True, device=device)
+        out += 2 * _lora_saved(d, lora_e, lora, dropout, in_grad=True, device=device)
+        out += _lora_saved(f, lora_e, lora, dropout, in_grad=True, device=device)
+    return out
+
+
+def _block_backward(w: _Widths, e: int) -> int:
+    """Gradient temporaries alive at once while one recomputed block runs backward (per token): two
+    MLP-wide gradients (measured with the memory oracle)."""
+    return 2 * w.f * e
+
+
+def _loss_bytes(arch: Arch, method, b: int, s: int, e: int, head_trains: bool,
+                norm_out: int) -> tuple[int, int]:  # fmt: skip
+    """(at the end of the loss forward, at the start of its backward), in bytes, for the whole
+    micro-batch: the final hidden states and everything of size tokens × vocabulary.
+
+    plain: the head's logits (T·V·e), their slice [:, :-1] made contiguous (T'·V·e, T' = b·(s−1); a view
+    when b = 1), its fp32 upcast (when e < 4) and log-softmax's fp32 output, which it keeps. The backward
+    then holds three fp32 T'·V tensors at once: the kept log-probabilities, the NLL gradient and the
+    log-softmax input gradient (12·T'·V).
+    efficient (chunked): the shifted hidden states (a copy when b > 1), the input gradient the forward
+    computes (T'·d·e; plus the fp32 head gradient when the head trains), and one chunk's fp32 logits and
+    softmax (and their e-byte copies when e < 4); the backward scales the gradient (T'·d·e) and scatters
+    it back into the unshifted shape (T·d·e)."""
+    V, d = arch.vocab_size, arch.hidden_size
+    T, Tp = b * s, b * (s - 1)
+    # the final norm's output, and its cast to the head's dtype when the norm is fp32 (prepare_kbit)
+    hidden = T * d * norm_out + (T * d * e if norm_out != e else 0)
+    if getattr(method, "loss", "plain") == "plain":
+        fwd = T * V * e + (Tp * V * e if b > 1 else 0) + (Tp * V * 4 if e != 4 else 0) + Tp * V * 4
+        fwd += Tp * 8 if b > 1 else 0  # the shifted labels, made contiguous (int64)
+        return hidden + fwd, 12 * Tp * V + (hidden if head_trains else 0)
+    c = min(chunk_rows(V), Tp)
+    shifted = Tp * d * e if b > 1 else 0
+    grad_h = Tp * d * e
+    grad_w = V * d * 4 if head_trains else 0
+    chunk = c * V * (4 + (e if e != 4 else 0)) + c * d * e
+    fwd = hidden + shifted + grad_h + grad_w + chunk
+    bwd = grad_h + grad_w + Tp * d * e + T * d * e + (hidden if head_trains else 0)
+    return fwd, bwd
+
+
+def _tensors(arch: Arch, method) -> int:
+    """Trainable parameter tensors (each carries a 4-byte step count in torch's AdamW)."""
+    L = arch.num_layers
+    per_block = (
+        9 + (3 if arch.qkv_bias else 0) + (1 if arch.o_bias else 0) + (3 if arch.mlp_bias else 0)
+    )
     if method.kind == "full":
-        weights = 0.0  # every weight is trainable state
-        trainable = p.total * ADAMW_STATE_BYTES
+        return L * per_block + 2 + (0 if arch.tie_word_embeddings else 1)
+    if method.kind == "lora":
+        return 2 * 7 * L
+    geom = method.geometry(arch)
+    return geom.num_layers * per_block + 4 + geom.num_ladders + (method.fusion == "gate")
+
+
+def memory(arch: Arch, method: MethodLike, seq_len: int, batch_size: int, *, step: str = "steady",
+           device: str = "cuda", foreach: bool | None = None) -> MemoryEstimate:  # fmt: skip
+    """Peak tensor memory of one training step of ``method`` at micro-batch ``batch_size`` ×
+    ``seq_len`` tokens on ``device`` (which decides the compute dtype under ``compute_dtype = "auto"``,
+    how dropout stores its mask, whether paged optimizers page, and torch AdamW's foreach default)."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+    if step not in ("first", "steady"):
+        raise ValueError(f"step must be 'first' or 'steady'; got {step!r}")
+    b, s, L = batch_size, seq_len, arch.num_layers
+    T = b * s
+    w = _widths(arch)
+    dtype = getattr(method, "compute_dtype", "auto")
+    e = 4 if dtype == "float32" or (dtype == "auto" and device == "cpu") else 2
+    attention = getattr(method, "attn_implementation", None) or "sdpa"
+    quantized = getattr(method, "quantization", "none") == "nf4"
+    prepared = getattr(method, "prepare_kbit", False)
+    ckpt = getattr(method, "gradient_checkpointing", False)
+    p = backbone_params(arch)
+    c = cost(arch, method, seq_len)
+    n_train = c.trainable_params
+
+    # -- weights: frozen backbone (NF4 or the compute dtype) and the trained parameters (compute dtype)
+    small = 4 if prepared else e  # norms (and Linear4bit biases) stay fp32 after prepare_kbit
+    weights = quant = 0
+    if method.kind == "full":
+        weights = p.total * e
     else:
-        weights = unquantized + blocks
-        trainable = c.trainable_params * ADAMW_STATE_BYTES
+        if quantized:
+            for n in layer_linear_weights(arch).values():
+                packed, state = nf4_linear_bytes(n)
+                weights, quant = weights + L * packed, quant + L * state
+        else:
+            weights = p.block_linear * e
+        weights += (p.block_other + p.final_norm) * small + (p.embeddings + p.head) * e
+        weights += n_train * e
+    # -- optimizer state (paged state lives in unified memory, apart from the device's peak)
+    name = getattr(method, "optimizer", "adamw")
+    if name.startswith("paged_") and device != "cuda":
+        name = "adamw"  # what scaling.train.objective.make_optimizer falls back to
+    tensors = _tensors(arch, method)
+    if name == "adamw":
+        state = 2 * n_train * e + 4 * tensors
+        foreach = device == "cuda" if foreach is None else foreach
+        # foreach: sqrt(v) for every tensor at once; else two temporaries of the largest tensor
+        update = n_train * e if foreach else 2 * _largest_trainable(arch, method) * e
+    elif name.endswith("32bit"):
+        state, update = 8 * n_train, 0
+    else:  # 8-bit: one byte per moment, an fp32 absmax per 256 values and two 256-entry code books
+        state, update = 2 * n_train + 2 * 4 * -(-n_train // 256) + tensors * 2 * 256 * 4, 0
+    paged = state if name.startswith("paged_") else 0
+    on_device = 0 if paged else state
+    before = 0 if step == "first" else on_device
+
+    # -- activations kept for backward
+    lora = getattr(method, "rank", 0) if method.kind == "lora" else 0
+    dropout = getattr(method, "dropout", 0.0)
+    norm_out = 4 if prepared else e
+    # fp32 norms (prepare_kbit) make every bitsandbytes projection return fp32 (it casts its output to
+    # its input's dtype), so the blocks' activations are fp32 under bf16 compute; adapters stay in e.
+    act = norm_out
+    rope = 2 * s * w.head_dim * e  # cos and sin, (1, s, hd) each, kept by every block's RoPE
+    base = dict(device=device, attention=attention, norm_out=norm_out, lora_e=e)
+    loss_fwd, loss_bwd = _loss_bytes(arch, method, b, s, e, head_trains=method.kind == "full",
+                                     norm_out=e if method.kind == "ladder" else norm_out)  # fmt: skip
+    candidates: list[tuple[str, dict[str, float]]] = []
     if method.kind == "ladder":
         geom = method.geometry(arch)
-        kept = geom.num_ladders * 2 * d + geom.num_layers * block_activation_bytes(
-            side_arch(arch, geom)
-        )
+        side = _widths(side_arch(arch, geom))
+        side_rope = 2 * s * side.head_dim * e
+        ds = side.d
+        # W_in keeps its normalised input; each ladder its normalised input, its output and the side
+        # state it mixes into (the gates' products keep both).
+        per_token = w.d * e + geom.num_ladders * (w.d * e + 2 * ds * e)
+        per_token += geom.num_layers * _block_saved(side, e, s, trains=True, in_grad=True, lora=0,
+                                                    dropout=0.0, **base | {"norm_out": e})  # fmt: skip
+        per_token += (
+            _norm_saved(ds, e, in_grad=True, weight_trains=True) + ds * e
+        )  # side norm, W_up
+        per_token += _norm_saved(w.d, e, in_grad=True, weight_trains=False)  # the frozen final norm
+        kept = T * per_token + side_rope
+        read = len({cc for cc in geom.connections if cc is not None} | {geom.input_layer, L - 1})
+        candidates.append(("side forward", {"activations": kept + T * read * w.d * e,
+                                            "loss": T * w.d * e}))  # fmt: skip
+        saved = kept
     elif ckpt:
-        kept = L * 2 * d + block_activation_bytes(arch)
+        # Each block's input is kept by its checkpoint; backward recomputes one block at a time. The
+        # peak is at the last block (every checkpoint alive, no gradient yet) or at the first (one
+        # checkpoint, nearly every gradient): both are candidates.
+        block = T * _block_saved(w, act, s, trains=method.kind == "full", in_grad=True, lora=lora,
+                                 dropout=dropout, **base) + rope  # fmt: skip
+        temp = T * _block_backward(w, act)
+        for kept_blocks, grads in ((L, 0), (1, n_train * e)):
+            candidates.append(("backward", {"activations": T * kept_blocks * w.d * act + block,
+                                            "temporaries": temp, "gradients": grads}))  # fmt: skip
+        saved = T * L * w.d * act + T * _norm_saved(w.d, e, in_grad=True,
+                                                  weight_trains=method.kind == "full")  # fmt: skip
     else:
-        kept = L * block_activation_bytes(arch)
-    return MemoryEstimate(
-        weights=float(weights),
-        trainable_state=float(trainable),
-        activations=float(tokens * kept),
-        logits=float(tokens * arch.vocab_size * LOGIT_BYTES),
+        trains = method.kind == "full"
+        first_in_grad = trains  # a frozen embedding gives the first block's input no gradient
+        blocks = _block_saved(w, act, s, trains=trains, in_grad=first_in_grad, lora=lora,
+                              dropout=dropout, **base)  # fmt: skip
+        blocks += (L - 1) * _block_saved(w, act, s, trains=trains, in_grad=True, lora=lora,
+                                         dropout=dropout, **base)  # fmt: skip
+        final = _norm_saved(w.d, e, in_grad=True, weight_trains=trains)
+        saved = T * (blocks + final) + rope
+    candidates.append(("loss forward", {"activations": saved, "loss": loss_fwd}))
+    candidates.append(("loss backward", {"activations": saved, "loss": loss_bwd}))
+    fixed = {"weights": weights, "quant_state": quant}
+    options = [{**fixed, "optimizer": before, **parts, "peak_at": at} for at, parts in candidates]
+    options.append({**fixed, "gradients": n_train * e, "optimizer": on_device,
+                    "temporaries": update, "peak_at": "optimizer step"})  # fmt: skip
+    keys = (
+        "weights",
+        "quant_state",
+        "gradients",
+        "optimizer",
+        "activations",
+        "loss",
+        "temporaries",
     )
+    best = max(options, key=lambda o: sum(o.get(k, 0) for k in keys))
+    return MemoryEstimate(**{k: float(best.get(k, 0)) for k in keys}, peak_at=best["peak_at"],
+                          step=step, paged=float(paged))  # fmt: skip
+
+
+def _largest_trainable(arch: Arch, method) -> int:
+    """Elements of the largest trainable tensor (the non-foreach AdamW update's temporaries)."""
+    d, V = arch.hidden_size, arch.vocab_size
+    if method.kind == "full":
+        return max(V * d, max(layer_linear_weights(arch).values()))
+    if method.kind == "lora":
+        r = method.rank
+        return r * max(arch.intermediate_size, d, arch.num_heads * arch.head_dim)
+    side = side_arch(arch, method.geometry(arch))
+    return max(d * side.hidden_size, max(layer_linear_weights(side).values()))
 
 
 def parse_bytes(text: str) -> float:

@@ -56,10 +56,19 @@ def test_memory_fits_verdict():
         "12GB",
     )
     qlora = run(*base, "--method", "qlora")
-    ladder = run(*base, "--method", "ladder", "--reduction", "8", "--json")
+    ladder = run(*base, "--method", "ladder", "--reduction", "8", "--loss", "efficient", "--json")
     assert qlora.returncode == 0 and "does NOT fit" in qlora.stdout
     data = json.loads(ladder.stdout)
     assert data["fits"] is True and data["bytes"]["total"] < 12e9
+
+
+def test_memory_measure_on_a_tiny_twin():
+    out = run("memory", "--model", "qwen2.5-7b", "--method", "xladder", "--delta", "2",
+              "--seq-len", "64", "--batch-size", "2", "--measure", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    m = json.loads(out.stdout)["measured"]
+    assert m["measured"]["total"] > 0 and abs(m["error"]) < 0.05
+    assert "num_hidden_layers=4" in m["twin"] and "num_key_value_heads=1" in m["twin"]
 
 
 def test_bool_dial_forms():

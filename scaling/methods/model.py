@@ -41,6 +41,15 @@ class MethodModel(nn.Module):
     def num_trainable_params(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
 
+    def hidden_states(self, input_ids, attention_mask=None):
+        """The final-normed hidden states the output head reads, (batch, seq, d): what the loss
+        takes, so that a memory-efficient loss never needs the full logits."""
+        raise NotImplementedError
+
+    def output_head(self) -> nn.Linear:
+        """The (frozen, unless fully fine-tuned) output projection to the vocabulary."""
+        raise NotImplementedError
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the trained parts and ``scaling_method.json`` atomically into ``directory``."""
         with io.atomic_dir(directory) as tmp:
@@ -76,6 +85,20 @@ class HFMethodModel(MethodModel):
         return self.model(
             input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs
         )
+
+    @property
+    def base(self) -> nn.Module:
+        """The transformers model (inside peft's wrapper for LoRA)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def hidden_states(self, input_ids, attention_mask=None):
+        out = self.base.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        )
+        return out.last_hidden_state
+
+    def output_head(self) -> nn.Linear:
+        return self.base.get_output_embeddings()
 
     def generate(self, *args, **kwargs):
         return self.model.generate(*args, **kwargs)

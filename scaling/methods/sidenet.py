@@ -33,7 +33,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from scaling.arch import Arch, SideGeometry
 from scaling.errors import ScalingError
-from scaling.methods.backbone import backbone_source, load_backbone
+from scaling.methods.backbone import backbone_source, compute_dtype, load_backbone
 from scaling.methods.model import MethodModel
 
 SIDE_WEIGHTS = "side.safetensors"
@@ -136,13 +136,22 @@ class LadderModel(MethodModel):
         self.arch = arch
         geom = cfg.geometry(arch)
         device = next(backbone.parameters()).device
-        self.side = SideNet(backbone, cfg, geom).to(device)
+        # The side net trains in the compute dtype (bf16 on CUDA), as QST casts its side modules.
+        self.side = SideNet(backbone, cfg, geom).to(
+            device=device, dtype=compute_dtype(cfg.compute_dtype)
+        )
         self._states: dict | None = None
         layers = backbone.get_decoder().layers
+        # Keep only the hidden states the side net reads: its ladders, its input, and the last layer
+        # (fusion and the free layers' masks); every other layer's output is dropped as it goes.
+        self.read_layers = sorted(
+            {c for c in geom.connections if c is not None} | {geom.input_layer, arch.num_layers - 1}
+        )
         self._hooks = [layers[0].register_forward_pre_hook(self._grab_input, with_kwargs=True)]
         self._hooks += [
-            layer.register_forward_hook(self._grab(i), with_kwargs=True)
-            for i, layer in enumerate(layers)
+            layers[i].register_forward_hook(self._grab(i), with_kwargs=True)
+            for i in self.read_layers
+            if i >= 0
         ]
 
     @classmethod
@@ -165,7 +174,8 @@ class LadderModel(MethodModel):
     def _grab_input(self, module, args, kwargs):
         if self._states is not None:
             h = args[0] if args else kwargs["hidden_states"]
-            self._states["hidden"][-1] = h
+            if -1 in self.read_layers:  # the embedding output
+                self._states["hidden"][-1] = h
             self._states["mask"][-1] = kwargs.get("attention_mask")
             self._states["position_ids"] = kwargs.get("position_ids")
 
@@ -181,7 +191,8 @@ class LadderModel(MethodModel):
         """Run the frozen backbone once (no autograd) and return the captured states.
 
         ``hidden[-1]`` is the embedding output, ``hidden[i]`` the raw output of decoder layer i (before
-        the final norm); ``mask[i]`` the attention mask layer i received (``mask[-1]`` layer 0's).
+        the final norm), for each ``i`` in :attr:`read_layers`; ``mask[i]`` the attention mask layer i
+        received (``mask[-1]`` layer 0's).
         """
         self._states = {"hidden": {}, "mask": {}, "position_ids": None}
         try:
@@ -201,6 +212,16 @@ class LadderModel(MethodModel):
     ):
         if kwargs.get("past_key_values") is not None or kwargs.get("inputs_embeds") is not None:
             raise ScalingError("Ladder models take input_ids only (no KV cache, no inputs_embeds)")
+        head = self.output_head()
+        logits = head(self.hidden_states(input_ids, attention_mask, position_ids))
+        loss = None
+        if labels is not None:
+            loss = self.backbone.loss_function(
+                logits=logits, labels=labels, vocab_size=self.backbone.config.vocab_size
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None):
         states = self.backbone_states(input_ids, attention_mask, position_ids)
         pos = states["position_ids"]
         if pos is None:
@@ -208,15 +229,11 @@ class LadderModel(MethodModel):
         up = self.side(states, pos)
         last = states["hidden"][self.arch.num_layers - 1]
         hidden = self.side.fuse(last.to(up.dtype), up)
-        decoder = self.backbone.get_decoder()
-        head = self.backbone.get_output_embeddings()
-        logits = head(decoder.norm(hidden.to(head.weight.dtype)))
-        loss = None
-        if labels is not None:
-            loss = self.backbone.loss_function(
-                logits=logits, labels=labels, vocab_size=self.backbone.config.vocab_size
-            )
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        del states, last  # the backbone's states are not needed past this point
+        return self.backbone.get_decoder().norm(hidden.to(self.output_head().weight.dtype))
+
+    def output_head(self) -> nn.Linear:
+        return self.backbone.get_output_embeddings()
 
     @torch.no_grad()
     def generate(

@@ -53,10 +53,17 @@ import torch
 from scaling import io, methods
 from scaling.arch import PRESET_HUB_IDS
 from scaling.errors import ScalingError
-from scaling.methods.backbone import quiet_libraries
+from scaling.methods.backbone import compute_dtype, quiet_libraries
 from scaling.runspec import RESULT_FORMAT_VERSION, RunDir, open_run
 from scaling.train import data
-from scaling.train.objective import evaluate, n_labels, schedule, token_loss_sum
+from scaling.train.objective import (
+    evaluate,
+    loss_kernel,
+    make_optimizer,
+    micro_step,
+    n_labels,
+    schedule,
+)
 from scaling.train.records import METRIC_COLUMNS, peak_memory_bytes, provenance
 from scaling.train.signals import Progress, Signals
 from scaling.train.tokenizers import load_tokenizer
@@ -160,11 +167,19 @@ class _Job:
         self.model = model
         self.device = next(model.parameters()).device
         opt = self.spec["optimizer"]
+        cfg = model.method_config
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=opt["lr"], betas=tuple(opt["betas"]),
-                                           weight_decay=opt["weight_decay"])  # fmt: skip
+        self.optimizer, optimizer_used = make_optimizer(self.params, opt, cfg.optimizer)
         self.scheduler = schedule(self.optimizer, opt, self.steps)
         self.grad_clip = opt.get("grad_clip")
+        self.loss = cfg.loss
+        # What actually ran where the spec leaves a choice to the machine (recorded in result.json).
+        self.precision = {
+            "compute_dtype": str(compute_dtype(cfg.compute_dtype)).removeprefix("torch."),
+            "trainable_dtype": str(self.params[0].dtype).removeprefix("torch."),
+            "optimizer": optimizer_used,
+            "loss_kernel": loss_kernel(cfg.loss, self.device),
+        }
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -242,7 +257,8 @@ class _Job:
             "wall_time_s": time.time() - self.started,
             "tokens_per_s": self._mean_throughput(), "peak_memory_bytes": peak_memory_bytes(),
             "data": self.tokens.source, "train_sequences_available": len(self.tokens.train_ids),
-            "signal": signal, "provenance": provenance(spec["seed"]),
+            "signal": signal,
+            "provenance": provenance(spec["seed"]) | {"precision": getattr(self, "precision", None)},
         }  # fmt: skip
         if tb is not None:
             result["traceback"] = tb
@@ -278,9 +294,7 @@ class _Job:
         for i in range(0, len(idx), self.micro):
             x = torch.from_numpy(ids[i : i + self.micro]).to(self.device)
             y = torch.from_numpy(labels[i : i + self.micro]).to(self.device)
-            loss = token_loss_sum(self.model(input_ids=x).logits, y) / n
-            loss.backward()
-            total += loss.item()
+            total += micro_step(self.model, x, y, n_labels=n, loss=self.loss)
         clip = self.grad_clip if self.grad_clip else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip).item()
         self.optimizer.step()
@@ -332,7 +346,7 @@ class _Job:
                     self.write_metrics()
                 if s.step % self.eval_every == 0 or s.step == self.steps:
                     self.final_eval = evaluate(self.model, self.tokens.eval_ids,
-                                               self.tokens.eval_labels, self.micro)  # fmt: skip
+                                               self.tokens.eval_labels, self.micro, self.loss)  # fmt: skip
                     self._row("eval", self.final_eval)
                     self.write_metrics()
                     progress.line(f"step {s.step}/{self.steps} eval loss {self.final_eval:.4f}")
