@@ -708,11 +708,19 @@ def _largest_trainable(arch: Arch, method) -> int:
 
 
 def parse_bytes(text: str) -> float:
-    """'12GB', '11.5GiB', '24G', '8000MB' → bytes (GB = 10⁹, GiB = 2³⁰; bare G means GiB)."""
-    units = {"": 1, "B": 1, "K": 2**10, "KB": 1e3, "KIB": 2**10, "M": 2**20, "MB": 1e6,
+    """'12GB', '11.5GiB', '24G', '8000MB' → bytes (GB = 10⁹, GiB = 2³⁰; bare G means GiB). A number
+    without a unit is an error: is 12 twelve gigabytes or twelve gibibytes?"""
+    units = {"B": 1, "K": 2**10, "KB": 1e3, "KIB": 2**10, "M": 2**20, "MB": 1e6,
              "MIB": 2**20, "G": 2**30, "GB": 1e9, "GIB": 2**30, "T": 2**40, "TB": 1e12, "TIB": 2**40}  # fmt: skip
     t = text.strip().upper()
     num = t.rstrip("KMGTIB")
+    if t and num == t:
+        try:
+            float(t)
+        except ValueError:
+            pass
+        else:
+            raise ValueError(f"memory size {text!r} needs a unit: {t}GB? {t}GiB?")
     try:
         value = float(num)
         scale = units[t[len(num) :]]

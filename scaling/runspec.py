@@ -100,6 +100,16 @@ def dial_label(cfg: MethodConfig) -> str:
     return "-".join(parts)
 
 
+IDENTITY_DEFAULTS = {"loss": "plain", "optimizer": "adamw"}
+"""Method dials added after runs were first planned, at the value that reproduces what runs did before
+they existed: left out of the run id while they keep it, so sweeps planned earlier keep their ids."""
+
+
+def identity_config(cfg: MethodConfig) -> dict[str, Any]:
+    """The method config as run ids hash it (see :data:`IDENTITY_DEFAULTS`)."""
+    return {k: v for k, v in cfg.to_dict().items() if IDENTITY_DEFAULTS.get(k, object()) != v}
+
+
 def run_id(
     *, backbone: str, arch: Arch, cfg: MethodConfig, budget: float, seed: int, seq_len: int,
     batch_tokens: int, dataset: dict[str, Any], optimizer: dict[str, Any],
@@ -108,7 +118,7 @@ def run_id(
     which only trades memory for time, nor the constraints, which only choose which runs exist)."""
     arch_fields = {k: v for k, v in dataclasses.asdict(arch).items() if k != "source"}
     sha = digest(
-        dict(backbone=backbone, arch=arch_fields, method=cfg.name, config=cfg.to_dict(),
+        dict(backbone=backbone, arch=arch_fields, method=cfg.name, config=identity_config(cfg),
              budget=budget, seed=seed, seq_len=seq_len, batch_tokens=batch_tokens,
              dataset=dataset, optimizer={**optimizer, "warmup_steps": None})
     )  # fmt: skip
@@ -160,6 +170,9 @@ class RunSpec:
     optimizer: dict[str, Any]
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
     """How the job runs (``[train]``: logging, evaluation, checkpoints); never changes the result."""
+    levers: list[str] = dataclasses.field(default_factory=list)
+    """Memory levers the planner applied to fit ``gpu_mem`` (``loss=efficient``,
+    ``gradient_checkpointing``, ``micro_batch_size=N``); already in the config and micro-batch."""
     status: str = "planned"
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,6 +187,7 @@ class RunSpec:
         row = self.to_dict()
         del row["backbone_config"]
         del row["train"]
+        row["levers"] = ",".join(row["levers"])
         for prefix in ("method_config", "dataset", "optimizer"):
             short = "dial" if prefix == "method_config" else prefix
             row |= {f"{short}_{k}": _scalar(v) for k, v in row.pop(prefix).items()}

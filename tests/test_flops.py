@@ -179,7 +179,12 @@ def test_parse_bytes(text, expected):
     assert flops.parse_bytes(text) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("text", ["", "GB", "-1GB", "12XB", "0"])
+@pytest.mark.parametrize("text", ["", "GB", "-1GB", "12XB", "0GB"])
 def test_parse_bytes_rejects(text):
     with pytest.raises(ValueError):
         flops.parse_bytes(text)
+
+
+def test_a_bare_number_names_the_unit_it_lacks():
+    with pytest.raises(ValueError, match=r"12GB\? 12GiB\?"):
+        flops.parse_bytes("12")

@@ -10,8 +10,10 @@ with its dial (Ladder's reduction, xLadder's δ, (Q)LoRA's rank) swept over all 
 gradient checkpointing on and off where the method has it. Each candidate's trainable parameters N and
 exact training FLOPs per token F come from :func:`scaling.flops.cost`, so D = C / F and the predicted
 loss is L(N, D) of the fit — no 6·N·D. Its peak memory is :func:`scaling.flops.memory` at the sweep's
-micro-batch, halved down to 1 until it fits (the batch is made up by accumulation, so this trades time,
-not results). Torch-free, like the rest of the fit.
+micro-batch; when it does not fit, the planner's memory levers are tried in order
+(:func:`scaling.sweep.levers.fit_to_memory`: memory-efficient loss, gradient checkpointing — which
+re-derives D from its FLOPs — and a smaller micro-batch with accumulation) and recorded in the entry.
+Torch-free, like the rest of the fit.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from scaling.errors import ScalingError
 from scaling.fit.bootstrap import interval
 from scaling.fit.spec import FitSpec
 from scaling.sweep.grid import dial_values
+from scaling.sweep.levers import Fitted, fit_to_memory
 
 CONFIG = ("method", "backbone", "backbone_config", "method_config", "seq_len", "micro_batch_size")
 NEEDED = ("run_id", *CONFIG)
@@ -121,33 +124,34 @@ def advise(table, fits: dict, spec: FitSpec) -> list[dict[str, Any]]:
 
 
 def _best(cands, a3, C, arch, seq_len, mbs, cap):
-    scored = []
+    """(best configuration that fits ``cap`` with the memory levers it needs, best regardless of
+    memory) at compute ``C``, as advice entries."""
+    free, fitting = [], []
     for cfg, cost, n in cands:
-        d = C / cost.train_flops_per_token
-        loss = float(a3.predict(n, d))
-        b, mem = mbs, None
-        while b >= 1:
-            mem = flops.memory(arch, cfg, seq_len, b)
-            if mem.fits(cap):
-                break
-            b //= 2
-        fits = mem is not None and mem.fits(cap)
-        scored.append((loss, cfg, cost, n, d, b if fits else mbs, mem if fits else
-                       flops.memory(arch, cfg, seq_len, mbs), fits))  # fmt: skip
-    if not scored:
+        as_is = Fitted(cfg, mbs, flops.memory(arch, cfg, seq_len, mbs), [], True)
+        free.append(_score(a3, C, as_is, cost, n))
+        # The levers the planner uses (efficient loss, checkpointing, smaller micro-batch) may change
+        # the config and so its FLOPs per token, hence D and the predicted loss.
+        fitted = fit_to_memory(arch, cfg, seq_len, mbs, cap)
+        if fitted.fits:
+            fcost = cost if fitted.config == cfg else flops.cost(arch, fitted.config, seq_len)
+            fitting.append(_score(a3, C, fitted, fcost, n))
+    if not free:
         return None
-    scored.sort(key=lambda s: s[0])
+    for entries in (free, fitting):
+        entries.sort(key=lambda e: e["loss"])
+    for e in free:
+        e["fits"] = e["peak_bytes"] <= cap
+    return (fitting[0] if fitting else None), free[0]
 
-    def entry(s):
-        loss, cfg, cost, n, d, b, mem, fits = s
-        lo, hi = a3.n_range
-        key = _dial_key(cfg)
-        return {"config": cfg.to_dict(), "dial": key and {key: getattr(cfg, key)},
-                "n": float(n), "d": float(d), "loss": loss,
-                "flops_per_token": cost.train_flops_per_token,
-                "trainable_params": cost.trainable_params, "micro_batch_size": b,
-                "peak_bytes": mem.total, "fits": fits,
-                "extrapolated": not lo / 1.01 <= n <= hi * 1.01}  # fmt: skip
 
-    fitting = [s for s in scored if s[-1]]
-    return (entry(fitting[0]) if fitting else None), entry(scored[0])
+def _score(a3, C, fitted: Fitted, cost: flops.Cost, n: float) -> dict[str, Any]:
+    d = C / cost.train_flops_per_token
+    lo, hi = a3.n_range
+    key = _dial_key(fitted.config)
+    return {"config": fitted.config.to_dict(), "dial": key and {key: getattr(fitted.config, key)},
+            "n": float(n), "d": float(d), "loss": float(a3.predict(n, d)),
+            "flops_per_token": cost.train_flops_per_token, "trainable_params": cost.trainable_params,
+            "micro_batch_size": fitted.micro_batch_size, "levers": fitted.levers,
+            "peak_bytes": fitted.memory.total, "fits": fitted.fits,
+            "extrapolated": not lo / 1.01 <= n <= hi * 1.01}  # fmt: skip

@@ -101,7 +101,7 @@ def render(p: Plan) -> str:
         "",
     ]
     header = ("run id", "backbone", "method", "dial", "N train", "FLOPs/tok", "tokens D", "steps",
-              "epochs", "peak GiB", "realised C")  # fmt: skip
+              "epochs", "peak GiB", "realised C", "levers")  # fmt: skip
     rows = [
         (
             r.run_id, r.backbone, r.method, r.dial, _count(r.trainable_params),
@@ -109,6 +109,7 @@ def render(p: Plan) -> str:
             "-" if r.epochs is None else f"{r.epochs:.3g}",
             f"{r.peak_memory_bytes / flops.GiB:.2f}" + (" fits" if capped else ""),
             f"{_sci(r.realised_flops)} ({_pct(r.budget_error)})",
+            ", ".join(r.levers) or "-",
         )
         for r in p.runs
     ]  # fmt: skip

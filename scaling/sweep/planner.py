@@ -29,6 +29,7 @@ from scaling.errors import ScalingError
 from scaling.runspec import RunSpec, budget_label, run_id
 from scaling.sweep.grid import centred_grid, dial_grid, grid_warnings
 from scaling.sweep.inputs import check_budgets, load_fit, resolve_backbone
+from scaling.sweep.levers import Fitted, fit_to_memory
 from scaling.sweep.spec import SweepSpec, load_spec
 
 
@@ -120,18 +121,15 @@ def build_plan(
                     key = (ref, cfg)
                     if key not in costs:
                         try:
-                            costs[key] = (
-                                flops.cost(arch, cfg, spec.seq_len),
-                                flops.memory(arch, cfg, spec.seq_len, spec.micro_batch_size),
-                            )
+                            costs[key] = _sized(spec, arch, cfg, cap)
                         except ScalingError as e:
                             costs[key] = str(e)
                     if isinstance(costs[key], str):
                         dropped.append(Dropped(budget, ref, m, label, costs[key]))
                         continue
-                    cost, mem = costs[key]
+                    cost, fitted = costs[key]
                     cheapest = min(cheapest, cost.train_flops_per_token)
-                    made = _runs(spec, budget, ref, arch, hf_config, cfg, label, cost, mem, cap)
+                    made = _runs(spec, budget, ref, arch, hf_config, label, cost, fitted, cap)
                     if isinstance(made, str):
                         dropped.append(Dropped(budget, ref, m, label, made))
                     else:
@@ -149,8 +147,21 @@ def build_plan(
     return Plan(spec, budgets, runs, dropped, warnings, fit)
 
 
-def _runs(spec, budget, ref, arch, hf_config, cfg, label, cost, mem, cap) -> list[RunSpec] | str:
+def _sized(spec: SweepSpec, arch, cfg, cap: float | None) -> tuple[flops.Cost, Fitted]:
+    """The point's cost and memory; under a cap, with the memory levers it needs
+    (:func:`scaling.sweep.levers.fit_to_memory`: they may change the config, hence the cost)."""
+    if cap is None:
+        mem = flops.memory(arch, cfg, spec.seq_len, spec.micro_batch_size)
+        fitted = Fitted(cfg, spec.micro_batch_size, mem, [], True)
+    else:
+        fitted = fit_to_memory(arch, cfg, spec.seq_len, spec.micro_batch_size, cap,
+                               spec.batch_tokens // spec.seq_len)  # fmt: skip
+    return flops.cost(arch, fitted.config, spec.seq_len), fitted
+
+
+def _runs(spec, budget, ref, arch, hf_config, label, cost, fitted, cap) -> list[RunSpec] | str:
     """One run per seed at this point, or the reasons it violates the constraints."""
+    cfg, mem, micro = fitted.config, fitted.memory, fitted.micro_batch_size
     cons = spec.constraints
     fpt = cost.train_flops_per_token
     steps = round(budget / fpt / spec.batch_tokens)
@@ -167,8 +178,11 @@ def _runs(spec, budget, ref, arch, hf_config, cfg, label, cost, mem, cap) -> lis
         )
     if cons.max_epochs is not None and epochs > cons.max_epochs:
         reasons.append(f"{epochs:.3g} epochs > max_epochs {cons.max_epochs:g}")
-    if cap is not None and not mem.fits(cap):
-        reasons.append(f"peak memory {mem.total / flops.GiB:.1f} GiB > gpu_mem {cons.gpu_mem}")
+    if cap is not None and not fitted.fits:
+        tried = f" even with {', '.join(fitted.levers)}" if fitted.levers else ""
+        reasons.append(
+            f"peak memory {mem.total / flops.GiB:.1f} GiB > gpu_mem {cons.gpu_mem}{tried}"
+        )
     if reasons:
         return "; ".join(reasons)
     counts = cost.to_dict()
@@ -184,8 +198,7 @@ def _runs(spec, budget, ref, arch, hf_config, cfg, label, cost, mem, cap) -> lis
                 run_id=rid, sweep=spec.name, backbone=ref, backbone_config=hf_config,
                 method=cfg.name, method_config=cfg.to_dict(), dial=label, budget=budget, seed=seed,
                 seq_len=spec.seq_len, batch_tokens=spec.batch_tokens,
-                micro_batch_size=spec.micro_batch_size,
-                grad_accum_steps=spec.batch_tokens // (spec.seq_len * spec.micro_batch_size),
+                micro_batch_size=micro, grad_accum_steps=spec.batch_tokens // (spec.seq_len * micro),
                 steps=steps, tokens=tokens, flops_per_token=fpt,
                 flops_per_token_causal=cost.train_flops_per_token_causal, realised_flops=realised,
                 budget_error=error, epochs=epochs, trainable_params=cost.trainable_params,
@@ -194,7 +207,7 @@ def _runs(spec, budget, ref, arch, hf_config, cfg, label, cost, mem, cap) -> lis
                 embedding_params=counts["embedding_params"], head_params=counts["head_params"],
                 peak_memory_bytes=mem.total, fits_gpu=None if cap is None else True,
                 dataset=spec.dataset.to_dict() | {"max_epochs": cons.max_epochs},
-                optimizer=opt, train=spec.train.to_dict(),
+                optimizer=opt, train=spec.train.to_dict(), levers=list(fitted.levers),
             )
         )  # fmt: skip
     return runs

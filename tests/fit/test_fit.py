@@ -358,6 +358,7 @@ def test_memory_advice_picks_the_best_configuration_that_fits(exact):
         best, free = a["best_fitting"], a["unconstrained"]
         assert best["fits"] and best["peak_bytes"] <= 4e6
         assert best["loss"] >= free["loss"]
+        assert isinstance(best["levers"], list) and free["levers"] == []
     # LoRA's unconstrained optimum does not fit in 4 MB: the advice trades loss for memory.
     assert not by["lora"]["unconstrained"]["fits"]
     assert by["lora"]["best_fitting"]["loss"] > by["lora"]["unconstrained"]["loss"]

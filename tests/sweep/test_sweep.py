@@ -151,11 +151,38 @@ def test_max_epochs_drops_with_reason():
     assert {d.method for d in p.dropped} == {"ladder"}  # ladder is cheaper per token: more tokens
 
 
-def test_gpu_mem_drops_with_reason():
-    p = sweep.build_plan(sweep.load_spec(), [1e18], gpu_mem="2.7GiB")
-    assert all(r.peak_memory_bytes <= 2.7 * 2**30 and r.fits_gpu for r in p.runs)
-    assert p.dropped and all("> gpu_mem 2.7GiB" in d.reason for d in p.dropped)
+def test_gpu_mem_drops_with_reason_after_trying_the_levers():
+    p = sweep.build_plan(sweep.load_spec(), [1e18], gpu_mem="1GiB")
+    assert all(r.peak_memory_bytes <= 2**30 and r.fits_gpu for r in p.runs)
+    assert p.dropped and all("> gpu_mem 1GiB even with loss=efficient" in d.reason
+                             for d in p.dropped)  # fmt: skip
     assert len(p.runs) + len(p.dropped) == 11
+
+
+def test_gpu_mem_levers_keep_points_and_are_recorded():
+    """Under a cap, a point that does not fit gets the memory-efficient loss, then checkpointing, then a
+    smaller micro-batch — recorded in its spec — instead of being dropped; checkpointing re-derives the
+    tokens from its larger FLOPs per token."""
+    spec = sweep.load_spec(micro_batch_size=4)
+    free = {(r.method, r.dial): r for r in sweep.build_plan(spec, [1e18]).runs}
+    capped = sweep.build_plan(spec, [1e18], gpu_mem="12GB")
+    assert not capped.dropped and len(capped.runs) == len(free)
+    for r in capped.runs:
+        base = free[(r.method, r.dial)]
+        assert r.peak_memory_bytes <= 12e9
+        if r.levers:
+            assert r.method_config["loss"] == "efficient" and r.run_id != base.run_id
+            assert base.peak_memory_bytes > 12e9
+        ckpt = "gradient_checkpointing" in r.levers
+        assert r.method_config.get("gradient_checkpointing", False) is (
+            ckpt or base.method_config.get("gradient_checkpointing", False)
+        )
+        if ckpt:
+            assert r.flops_per_token > base.flops_per_token and r.tokens < base.tokens
+        assert r.micro_batch_size * r.grad_accum_steps * r.seq_len == r.batch_tokens
+    assert any(r.levers for r in capped.runs) and any(not r.levers for r in capped.runs)
+    tight = sweep.build_plan(spec, [1e18], gpu_mem="1.2GiB")
+    assert any(any(v.startswith("micro_batch_size=") for v in r.levers) for r in tight.runs)
 
 
 def test_budget_rounding_beyond_tolerance_is_dropped():
@@ -391,10 +418,10 @@ def test_cli_quickstart_dry_run_writes_nothing(tmp_path):
 
 def test_cli_from_fit_and_gpu_mem(tmp_path):
     fit = fit_file(tmp_path / "fits.json", 3e-3)
-    out = run("--flops", "1e18", "--from-fit", str(fit), "--gpu-mem", "2.7GiB", "--dry-run",
+    out = run("--flops", "1e18", "--from-fit", str(fit), "--gpu-mem", "0.8GiB", "--dry-run",
               cwd=tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "dropped" in out.stdout and "> gpu_mem 2.7GiB" in out.stdout
+    assert "dropped" in out.stdout and "> gpu_mem 0.8GiB even with" in out.stdout
 
 
 @pytest.mark.parametrize(
@@ -473,3 +500,14 @@ def test_fit_without_a_law_for_a_method_leaves_its_grid_alone():
     assert load_fit(fit) == {"ladder": (1e-2, 0.5)}
     with pytest.raises(ScalingError, match=r"fit \(given as a dict\): methods.qlora"):
         load_fit({"methods": {"qlora": {"optimal_params": {"A": "x"}}}})
+
+
+def test_run_ids_survive_new_dials_at_their_old_values():
+    """``loss`` and ``optimizer`` came after the quickstart was first planned: at ``plain`` / ``adamw``
+    they leave Ladder's ids as they were (these ids are from a plan made before they existed); QLoRA's
+    reference defaults (prepare_kbit, paged_adamw_32bit) are a different baseline, with new ids."""
+    p = sweep.build_plan(sweep.load_spec(ROOT / "sweeps/quickstart.toml"))
+    ids = {r.run_id for r in p.runs}
+    assert {"ladder-r1-4e10-s0-4793e97f", "ladder-r2-4e10-s0-f0e9b175",
+            "xladder-r1-d2-4e10-s0-27d6bbf3"} <= ids  # fmt: skip
+    assert "qlora-r1-4e10-s0-79dddb57" not in ids
