@@ -6,9 +6,9 @@
     >>> c = flops.cost(arch, methods.config("ladder", reduction=8), seq_len=2048)
     >>> round(c.train_flops_per_token / 1e9, 1)        # GFLOP per trained token
     17.2
-    >>> m = flops.memory(arch, methods.config("qlora"), seq_len=2048, batch_size=1)
-    >>> round(m.total / 2**30, 1)                       # GiB
-    21.0
+    >>> m = flops.memory(arch, methods.config("ladder", reduction=8), seq_len=2048, batch_size=1)
+    >>> round(m.total / 2**30, 1), m.peak_at            # GiB, bf16 on CUDA
+    (11.5, 'loss backward')
 
 What is counted
 ---------------
@@ -61,24 +61,50 @@ checkpointing would give 46.7 for QLoRA; it is outside the checkpointed blocks a
 
 Peak memory
 -----------
-M ≈ weights + trainable state + activations + logits, in bytes, for bf16 activations and SDPA
-(no s² scores kept). Allocator fragmentation, workspaces and the CUDA context are not modelled.
+The peak of the tensor storage one training step keeps alive, in bytes, at micro-batch b, sequence s,
+T = b·s tokens, T' = b·(s−1) scored positions, e bytes per activation (2 in bf16, 4 in fp32). Every
+term below is what autograd actually keeps, read off the operators transformers' Llama/Qwen2 blocks,
+peft's LoRA layers, bitsandbytes and torch's AdamW run — and checked against
+:class:`scaling.measure.LiveBytes` (live tensor bytes of a real step, ``tests/test_memory.py``: every
+method, plain and efficient loss, fp32 and bf16, two families and sequence lengths, the first and a
+steady step, within 5%; most within 1%). Kernel workspaces, allocator rounding and fragmentation and the
+CUDA context are outside it.
 
-* weights: NF4 with double quantisation stores 4 bits per weight plus 8-bit absmax per 64-block and
-  32-bit second-level constants per 256 blocks = 4 + 8/64 + 32/(64·256) ≈ 4.127 bits (Dettmers et al.
-  2023, §3); embeddings, head and norms stay in the compute dtype (2 bytes; 4 if
-  ``prepare_model_for_kbit_training`` upcasts them). Unquantised: 2 bytes per weight.
-* trainable state: 2 (bf16 weight) + 2 (grad) + 8 (AdamW m, v in fp32) = 12 bytes per trained parameter.
-* activations kept for backward per token per Llama block ≈ 22·d + 8·f bytes (bf16: inputs of the norms,
-  q/k/v/o, attention output and log-sum-exp, gate/up/act/down inputs; after Korthikanti et al. 2022,
-  §4.1, adapted to gated MLPs and GQA-free estimates). Full FT and (Q)LoRA keep it for all L layers;
-  with checkpointing only each block's input (2·d) plus one block's working set; Ladder keeps the
-  ladder inputs (2·d each, for the W_down weight-grads) plus L_s side blocks at side width. The no-grad
-  backbone keeps nothing across layers.
-* logits: s·V·(2 + 4) bytes (bf16 logits and their fp32 upcast in the loss), equal for all methods.
-
-Worked example (Qwen2.5-7B, b = 1, s = 2048): QLoRA 21.0 GiB, QLoRA + checkpointing 9.5 GiB, Ladder
-r=8 10.5 GiB, r=16 8.6 GiB.
+* weights: NF4 with double quantisation stores N/2 bytes of packed codes per linear, a uint8 absmax per
+  64 weights, an fp32 absmax per 256 blocks and 1,092 bytes of code books and offset
+  (:func:`nf4_linear_bytes`; Dettmers et al. 2023 §3); embeddings, head, norms and biases stay in the
+  compute dtype — norms and biases in fp32 after ``prepare_model_for_kbit_training``. Trained parameters
+  are in the compute dtype (the side net and LoRA adapters are cast to it, as QST and QLoRA's reference
+  cast them).
+* optimizer state: torch's AdamW keeps two moments in the parameter's dtype (2·e per parameter, plus a
+  4-byte step count per tensor), created inside the first step; bitsandbytes' 32-bit AdamW 8 bytes, its
+  8-bit one 2 bytes plus block absmax and code books. A paged optimizer's state lives in CUDA unified
+  memory and is reported apart (``paged``), not in the device peak. The update itself needs one
+  parameter-sized temporary with foreach (CUDA's default) or two of the largest tensor without.
+* activations, per token per block (:func:`_block_saved`): each RMSNorm on the gradient path keeps its
+  fp32 input and rsqrt (4·d + 4; a trained norm weight also its normalised input); attention (SDPA) keeps
+  q and k after RoPE, v, its output and an fp32 log-sum-exp per head ((2·qw + 2·kw)·e + 4·H); the gated
+  MLP keeps SiLU's input and output and up's output (3·f·e); trained projections keep their inputs (the
+  norm outputs once, the MLP product); RoPE's cos and sin are kept once per step (2·s·hd·e). A LoRA
+  branch keeps its dropped-out input and A's output (r·e), and dropout its mask where a gradient flows
+  through it — one byte per element with CUDA's fused kernel, the e-byte scaled noise on CPU. The first
+  block of a LoRA model has no gradient on its input (frozen embeddings), so its q/k/v norm keeps
+  nothing. With fp32 norms (prepare_kbit) every bitsandbytes projection returns fp32 (it casts its
+  output to its input's dtype), so the blocks' activations are fp32 even under bf16 compute.
+  Checkpointing keeps each block's input, and in backward one recomputed block with two MLP-wide
+  gradient temporaries; the peak is at the last block (every checkpoint) or the first (every gradient).
+  Ladder keeps, besides its side blocks, each ladder's normalised input and output and the state it mixes
+  into (W_in's input too), the side norm and W_up's input, and the frozen final norm's; the backbone runs
+  without autograd and only the states the side net reads live, until the side forward ends.
+* loss (:func:`_loss_bytes`): the final hidden states, then the logits (T·V·e), their shifted copy, fp32
+  upcast and log-softmax (T'·V·4) at the end of the loss forward, and three fp32 T'·V tensors (kept
+  log-probabilities, NLL gradient, log-softmax input gradient) at the start of its backward: 12·T'·V
+  bytes, about 3.7 GB at Qwen2.5-7B's 152k vocabulary and 2k context. The memory-efficient loss keeps
+  only one chunk's logits and the (T'·d) input gradient it computes in forward.
+* the peak is the largest of the moments where it can fall: the end of Ladder's side forward, the end
+  of the loss forward, the start of its backward, a checkpointed block's backward, and the optimizer
+  step (weights, gradients, state and the update's temporaries); ``step="first"`` has no optimizer state
+  before the update. ``scaling memory`` prints the terms at that moment.
 """
 
 from __future__ import annotations
@@ -375,11 +401,7 @@ def _ladder_terms(arch: Arch, m, s: int, conv: str):
 
 
 # --------------------------------------------------------------------------------------------------
-# Peak memory
-#
-# Checked term by term against scaling.measure.LiveBytes, which counts the live tensor storages of a
-# real training step (tests/test_memory.py: every method, plain and efficient loss, fp32 and bf16,
-# Llama- and Qwen2-like, two sequence lengths, the first and a steady-state step: within 5%).
+# Peak memory (derived in the module docstring; checked against scaling.measure.LiveBytes)
 
 DEVICES = ("cuda", "cpu")
 CHUNK_BYTES = 2**26

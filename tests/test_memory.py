@@ -122,3 +122,24 @@ def test_analytic_peak_within_5_percent_of_the_oracle(backbones, case, family, d
     bad = [r for r in report if abs(r[-1]) > TOLERANCE]
     assert not bad, "\n".join(f"{r[0]} {r[1]}: measured {r[2]:,} analytic {r[3]:,.0f} ({r[4]:+.1%})"
                               for r in bad)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("case", ["full", "ladder"])
+def test_foreach_adamw_update_as_modelled(backbones, case, dtype):
+    """CUDA's default AdamW is the foreach one (one sqrt(v) temporary the size of every trained
+    tensor at once); pinned here on the CPU, where it also runs."""
+    path, arch = backbones["llama"]
+    name, dials = CASES[case]
+    cfg = methods.config(name, **dials, compute_dtype=dtype, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = cfg.build(path)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-3, foreach=True
+    )
+    ids = torch.randint(0, arch.vocab_size, (BATCH, 16), generator=torch.Generator().manual_seed(0))
+    for step, got in zip(
+        ("first", "steady"), measure.step_memory(model, opt, ids, ids), strict=True
+    ):
+        est = flops.memory(arch, cfg, 16, BATCH, step=step, device="cpu", foreach=True)
+        assert est.total == pytest.approx(got.peak, rel=TOLERANCE), (step, got.phase, est.peak_at)
