@@ -217,19 +217,29 @@ class StepMemory:
     """What was running when the peak was reached: forward, loss, backward or optimizer step."""
     breakdown: dict[str, int]
     """Bytes alive at the peak by role (:func:`step_roles`)."""
+    allocated: int | None = None
+    """On CUDA, ``torch.cuda.max_memory_allocated()`` over the step (the caching allocator's view,
+    rounded to its blocks); None elsewhere."""
 
 
-def step_memory(model, optimizer, batch, labels, *, loss: str = "plain", grad_clip: float | None = 1.0,
-                steps: int = 2) -> list[StepMemory]:  # fmt: skip
+def step_memory(model, optimizer, batch, labels, *, loss: str | None = None,
+                grad_clip: float | None = 1.0, steps: int = 2) -> list[StepMemory]:  # fmt: skip
     """Live tensor bytes of ``steps`` training steps of ``model`` on one micro-batch, run exactly as the
     trainer runs them (:func:`scaling.train.objective.micro_step`, clipping, the optimizer step,
-    ``zero_grad(set_to_none=True)``): step 1 has no optimizer state yet, step 2 is the steady state."""
+    ``zero_grad(set_to_none=True)``): step 1 has no optimizer state yet, step 2 is the steady state.
+    ``loss`` defaults to the model's own configuration's."""
     from scaling.train.objective import micro_step
+
+    loss = loss or model.method_config.loss
 
     params = [p for p in model.parameters() if p.requires_grad]
     n = max(1, int((labels[:, 1:] != -100).sum()))
     out = []
+    cuda = any(p.is_cuda for p in params)
     for _ in range(steps):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         with LiveBytes() as mem:
             for tensors, label in [*model_tensors(model, optimizer), ([batch, labels], "inputs")]:
                 mem.track(tensors, label)
@@ -241,7 +251,8 @@ def step_memory(model, optimizer, batch, labels, *, loss: str = "plain", grad_cl
             optimizer.step()
             roles = step_roles(model, optimizer)  # while the gradients still exist
             optimizer.zero_grad(set_to_none=True)
-        out.append(StepMemory(mem.peak, mem.peak_label, mem.breakdown(roles)))
+        allocated = torch.cuda.max_memory_allocated() if cuda else None
+        out.append(StepMemory(mem.peak, mem.peak_label, mem.breakdown(roles), allocated))
     return out
 
 

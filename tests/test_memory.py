@@ -143,3 +143,20 @@ def test_foreach_adamw_update_as_modelled(backbones, case, dtype):
     ):
         est = flops.memory(arch, cfg, 16, BATCH, step=step, device="cpu", foreach=True)
         assert est.total == pytest.approx(got.peak, rel=TOLERANCE), (step, got.phase, est.peak_at)
+
+
+def test_efficient_loss_in_several_chunks(backbones, monkeypatch):
+    """With chunks of 16 positions the chunked loss runs 6 chunks; only one chunk's logits may be alive
+    at a time (the oracle caught two: a Python name holding the previous chunk)."""
+    path, arch = backbones["llama"]
+    monkeypatch.setattr(flops, "CHUNK_BYTES", 16 * 4 * arch.vocab_size)
+    assert flops.chunk_rows(arch.vocab_size) == 16
+    cfg = methods.config("ladder", reduction=4, loss="efficient", attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = cfg.build(path)
+    opt, _ = make_optimizer([p for p in model.parameters() if p.requires_grad],
+                            dict(lr=1e-3, betas=[0.9, 0.999], weight_decay=0.0), "adamw")  # fmt: skip
+    ids = torch.randint(0, arch.vocab_size, (BATCH, 48), generator=torch.Generator().manual_seed(0))
+    for step, got in zip(("first", "steady"), measure.step_memory(model, opt, ids, ids), strict=True):
+        est = flops.memory(arch, cfg, 48, BATCH, step=step, device="cpu", foreach=False)
+        assert est.total == pytest.approx(got.peak, rel=0.01)

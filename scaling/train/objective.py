@@ -63,19 +63,25 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         for i in range(0, h.shape[0], rows):
             hc, tc = h[i : i + rows], targets[i : i + rows]
             logits = (hc @ weight.t()).float()
-            lse = torch.logsumexp(logits, dim=-1)
             valid = tc != -100
             safe = torch.where(valid, tc, 0)
             picked = logits.gather(1, safe[:, None]).squeeze(1)
+            # log-sum-exp in place of the logits (torch.logsumexp would hold two more chunk-sized
+            # temporaries): they become exp(logits − max), then the softmax.
+            top = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(top).exp_()
+            sums = probs.sum(dim=-1)
+            lse = sums.log() + top.squeeze(1)
             total += torch.where(valid, lse - picked, 0.0).sum()
             if need_h or need_w:
-                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                probs.div_(sums[:, None])
                 probs[torch.arange(len(tc), device=tc.device), safe] -= 1.0
                 probs.mul_(valid[:, None])
                 if need_h:
                     grad_h[i : i + rows] = probs.to(h.dtype) @ weight
                 if need_w:
                     grad_w += probs.t() @ hc.float()
+            del logits, probs  # before the next chunk's logits exist
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return total
