@@ -157,6 +157,8 @@ def test_efficient_loss_in_several_chunks(backbones, monkeypatch):
     opt, _ = make_optimizer([p for p in model.parameters() if p.requires_grad],
                             dict(lr=1e-3, betas=[0.9, 0.999], weight_decay=0.0), "adamw")  # fmt: skip
     ids = torch.randint(0, arch.vocab_size, (BATCH, 48), generator=torch.Generator().manual_seed(0))
-    for step, got in zip(("first", "steady"), measure.step_memory(model, opt, ids, ids), strict=True):
+    for step, got in zip(
+        ("first", "steady"), measure.step_memory(model, opt, ids, ids), strict=True
+    ):
         est = flops.memory(arch, cfg, 48, BATCH, step=step, device="cpu", foreach=False)
         assert est.total == pytest.approx(got.peak, rel=0.01)
