@@ -97,3 +97,13 @@ def test_ladder_keeps_only_the_states_it_reads(tiny_llama):
         -1,
         2,
     ]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="liger-kernel's fused loss needs CUDA")
+def test_fused_loss_on_cuda_equals_plain(tiny_llama):
+    pytest.importorskip("liger_kernel", reason="liger-kernel is not installed")
+    model = methods.build("ladder", tiny_llama, reduction=4, quantization="none")
+    assert loss_kernel("efficient", next(model.parameters()).device) == "liger"
+    ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0)).cuda()
+    values = [loss_sum(model, ids, ids, loss).item() for loss in ("plain", "efficient")]
+    assert values[1] == pytest.approx(values[0], rel=1e-3)  # bf16 compute: the kernels round apart

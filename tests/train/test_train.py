@@ -99,6 +99,8 @@ def test_every_method_trains_its_planned_run(tmp_path, backbone, method, dials):
     prov = result["provenance"]
     assert prov["git_sha"] and prov["versions"]["torch"] == torch.__version__
     assert prov["seed"] == spec["seed"] and prov["device"].startswith(("cpu", "cuda"))
+    assert prov["precision"] == {"compute_dtype": "float32", "trainable_dtype": "float32",
+                                 "optimizer": "adamw", "loss_kernel": "plain"}  # fmt: skip
 
     m = metrics(run)
     assert dict(m.schema) == METRIC_COLUMNS
