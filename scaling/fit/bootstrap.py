@@ -31,6 +31,7 @@ from scaling.fit.frontier import (
     optimal_allocation,
     power_law_batch,
 )
+from scaling.fit.identify import ADVICE, approach3_reasons, power_law_reasons
 from scaling.fit.isoflop import OK, IsoFLOPFit, fit_isoflop, isoflop_batch
 from scaling.fit.points import Exclusion, Points
 from scaling.fit.results import (
@@ -106,12 +107,14 @@ def fit_method(
     curves_at = _frontiers(points, a3, a2, a1, evalC, boot, level)
     frontier = {k: {c: v[: len(grid)] for c, v in d.items()} for k, d in curves_at.items()}
     predictions = _predictions(points, a3, curves_at, predict, len(grid))
-    opt = _optimal_params(a2, a3, spec)
+    ident = _identification(points, a3, a2, a1, curves_at, boot, level)
+    opt, opt_reason = _optimal_params(a2, a3, spec, ident)
     mf = MethodFit(
         method=points.method, points=points, approach3=a3, approach2=a2, approach1=a1,
         optimal_params=opt, predictions=tuple(predictions),
         holdout=holdout(points, spec, a3 and a3.theta) if spec.holdout.budgets else None,
-        frontier=frontier, notes=tuple(notes),
+        frontier=frontier, notes=tuple(notes), identification=ident,
+        optimal_params_reason=opt_reason,
         bootstrap={k: v["info"] for k, v in boot.items()} | {"level": level},
         samples={k: v["params"] | ({"theta": v["theta"]} if "theta" in v else {})
                  for k, v in boot.items()},
@@ -333,13 +336,36 @@ def _predictions(points, a3, curves_at, predict, offset) -> list[Prediction]:
     return out
 
 
-def _optimal_params(a2, a3, spec) -> OptimalParams | None:
-    """Approach 2's N*(C) (measured isoFLOP minima) when it exists, else approach 3's."""
-    if a2 is not None and a2.n_opt is not None:
-        return OptimalParams(a2.n_opt.A, a2.n_opt.a, "approach2", spec.n, a2.n_opt.ci)
-    if a3 is not None and a3.n_opt is not None:
-        return OptimalParams(a3.n_opt.A, a3.n_opt.a, "approach3", spec.n, a3.n_opt.ci)
-    return None
+def _identification(points, a3, a2, a1, curves_at, boot, level) -> dict[str, list[str]]:
+    """Per fitted approach, the reasons its law is not identified (empty: identified)."""
+    mid = np.sqrt(points.budgets.min() * points.budgets.max())
+    out = {}
+    if a3 is not None:
+        out["approach3"] = approach3_reasons(a3, boot.get("approach3", {}).get("info"), level)
+    for name, fit in (("approach2", a2), ("approach1", a1)):
+        if fit is None or fit.n_opt is None:
+            continue
+        cols, band = curves_at.get(name), None
+        if cols is not None:
+            i = int(np.argmin(np.abs(np.log(cols["C"]) - np.log(mid))))
+            lo, hi = cols["N_lo"][i], cols["N_hi"][i]
+            band = (float(lo), float(hi)) if np.isfinite(lo) and np.isfinite(hi) else None
+        out[name] = power_law_reasons(fit, band, boot.get(name, {}).get("info"), level)
+    return out
+
+
+def _optimal_params(a2, a3, spec, ident) -> tuple[OptimalParams | None, str | None]:
+    """Approach 2's N*(C) (measured isoFLOP minima) when it is identified, else approach 3's; none
+    (with the reason) when neither is: a law the data do not pin down never re-centres a sweep."""
+    why = []
+    for name, fit in (("approach2", a2), ("approach3", a3)):
+        if fit is None or fit.n_opt is None:
+            continue
+        if ident.get(name):
+            why.append(f"{name} N*(C) not identified: " + "; ".join(ident[name]))
+            continue
+        return OptimalParams(fit.n_opt.A, fit.n_opt.a, name, spec.n, fit.n_opt.ci), None
+    return None, ("; ".join(why) or "no approach gave an N*(C) law") + f" — {ADVICE}"
 
 
 # --------------------------------------------------------------------------------------------------

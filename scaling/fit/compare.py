@@ -64,6 +64,8 @@ def compare(methods: dict, spec: FitSpec) -> dict[str, Any]:
             continue
         if pick != wanted:
             notes.append(f"{m}: no {wanted} frontier, compared by {pick}")
+        if methods[m].identification.get(pick):
+            notes.append(f"{m}: its {pick} law is not identified: read its multipliers with care")
         source[m] = pick
     names = [m for m in names if m in source]
     budgets = np.concatenate([methods[m].points.budgets for m in names])

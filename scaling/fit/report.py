@@ -127,7 +127,7 @@ def summary(report: FitReport) -> str:
     for m, mf in report.methods.items():
         a3 = mf.approach3
         if a3 is None:
-            rows.append((m, str(len(mf.points)), str(len(mf.points.budgets))) + ("-",) * 6)
+            rows.append((m, str(len(mf.points)), str(len(mf.points.budgets))) + ("-",) * 7)
             continue
         rows.append((
             m, str(len(mf.points)), str(len(mf.points.budgets)),
@@ -136,10 +136,11 @@ def summary(report: FitReport) -> str:
             f"{a3.at_optimum:.0%} of {a3.n_starts}; median start "
             f"{_ratio(a3.objective_spread['median'], a3.objective)}"
             + (f"; on a bound: {','.join(a3.bound_hits)}" if a3.bound_hits else ""),
+            _identified(mf, "approach3"),
         ))  # fmt: skip
     lines += ["", "approach 3: L(N, D) = E + A/N^α + B/D^β"]
     lines += _table(("method", "runs", "budgets", "E", "A", "B", "α", "β",
-                     "starts at the optimum; spread"), rows)  # fmt: skip
+                     "starts at the optimum; spread", "law"), rows)  # fmt: skip
     rows = []
     for m, mf in report.methods.items():
         for name in ("approach1", "approach2", "approach3"):
@@ -152,18 +153,27 @@ def summary(report: FitReport) -> str:
             key = "alpha" if loss is not None else "loss_exponent"
             rows.append((m, name, _g(n.A) + _ci(n.ci, "A"), _g(n.a) + _ci(n.ci, "a"),
                          _g(d.A) + _ci(d.ci, "A"), _g(d.a) + _ci(d.ci, "a"),
-                         _g(lexp[0]) + _ci(lexp[1], key)))  # fmt: skip
+                         _g(lexp[0]) + _ci(lexp[1], key), _identified(mf, name)))  # fmt: skip
     if rows:
         lines += ["", "compute-optimal allocation: N*(C) = A·C^a, D*(C) = B·C^b, L*(C) − E ∝ C^−γ"]
-        lines += _table(("method", "approach", "A", "a", "B", "b", "γ"), rows)
+        lines += _table(("method", "approach", "A", "a", "B", "b", "γ", "law"), rows)
+    unknown = [(m, name, r) for m, mf in report.methods.items()
+               for name, rs in mf.identification.items() for r in rs]  # fmt: skip
+    if unknown:
+        lines += ["", "not identified (the data do not pin these laws down):"]
+        lines += [f"  {m} {name}: {r}" for m, name, r in unknown]
     rows = []
     for m, mf in report.methods.items():
         if mf.optimal_params is not None:
             o = mf.optimal_params
             rows.append((m, f"N*(C) = {_g(o.A)}·C^{_g(o.a, 4)}", o.source))
-    if rows:
+    missing = [(m, mf.optimal_params_reason) for m, mf in report.methods.items()
+               if mf.optimal_params is None and mf.optimal_params_reason]  # fmt: skip
+    if rows or missing:
         lines += ["", "optimal_params (for `scaling sweep --from-fit fits.json`):"]
-        lines += ["  " + r for r in _table(("method", "law", "source"), rows)]
+        if rows:
+            lines += ["  " + r for r in _table(("method", "law", "source"), rows)]
+        lines += [f"  {m}: none written — {why}" for m, why in missing]
     rows = []
     for m, mf in report.methods.items():
         h = mf.holdout
@@ -212,6 +222,10 @@ def summary(report: FitReport) -> str:
     if notes or report.warnings:
         lines += ["", "notes:"] + [f"  {n}" for n in [*report.warnings, *notes]]
     return "\n".join(lines)
+
+
+def _identified(mf, approach: str) -> str:
+    return "NOT IDENTIFIED" if mf.identification.get(approach) else "identified"
 
 
 def _dial(entry) -> str:

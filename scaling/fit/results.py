@@ -186,6 +186,10 @@ class MethodFit:
     """Why an approach is missing, and other per-method remarks."""
     bootstrap: dict[str, Any]
     """Resamples used and failed per approach."""
+    identification: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """Per fitted approach, why its law is not identified (:mod:`scaling.fit.identify`); [] if it is."""
+    optimal_params_reason: str | None = None
+    """Why ``optimal_params`` is missing (no identified N*(C) law), and what to add."""
     samples: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict, repr=False)
     """Bootstrap draws the comparison reads: ``approach3`` → {"theta": (R, 5)}; ``approach2`` /
     ``approach1`` → {"E", "A", "alpha"} of L*(C) (R,) each, plus every exponent's draws."""
@@ -195,6 +199,9 @@ class MethodFit:
         return {
             "n_points": len(p), "n_budgets": len(p.budgets), "budgets": p.budgets.tolist(),
             "optimal_params": self.optimal_params and self.optimal_params.to_json(),
+            "optimal_params_reason": self.optimal_params_reason,
+            "identified": {k: not v for k, v in self.identification.items()},
+            "not_identified": {k: v for k, v in self.identification.items() if v},
             "approach3": self.approach3 and self.approach3.to_json(),
             "approach2": self.approach2 and self.approach2.to_json(),
             "approach1": self.approach1 and self.approach1.to_json(),

@@ -19,6 +19,7 @@ meaning N*(C) = A·C^a trainable parameters at budget C (other keys are ignored)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -97,11 +98,38 @@ def resolve_backbone(ref: str, inline: dict[str, Any] | None = None) -> tuple[Ar
     return Arch.from_hf_config(cfg, source=ref), cfg
 
 
+@dataclasses.dataclass(frozen=True)
+class FitLaws:
+    """What a fit file offers the planner: per method key (``ladder``, or ``ladder@<backbone>`` when a
+    method was fitted per backbone) its N*(C) = A·C^a, the N convention of that law, and, for the
+    methods without one, why (``scaling fit`` writes no law it could not identify)."""
+
+    laws: dict[str, tuple[float, float]]
+    n: dict[str, str]
+    missing: dict[str, str]
+
+    def law(self, method: str, backbone: str) -> tuple[str, tuple[float, float]] | None:
+        """(key, law) for ``method`` on ``backbone``: the per-backbone law first, else the method's."""
+        for key in (f"{method}@{backbone}", method):
+            if key in self.laws:
+                return key, self.laws[key]
+        return None
+
+    def why_missing(self, method: str) -> str | None:
+        reasons = [r for k, r in self.missing.items() if k == method or k.startswith(method + "@")]
+        return "; ".join(reasons) or None
+
+
 def load_fit(source: str | Path | dict[str, Any]) -> dict[str, tuple[float, float]]:
     """``{method: (A, a)}`` with N*(C) = A·C^a from a fit file (schema in the module docstring).
 
-    A method whose ``optimal_params`` is null (``scaling fit`` found no N*(C) law for it) is left out:
-    its grid stays the spec's own, as for a method the fit does not mention."""
+    A method whose ``optimal_params`` is null (``scaling fit`` found no identified N*(C) law for it)
+    is left out: its grid stays the spec's own (:func:`read_fit` says why)."""
+    return read_fit(source).laws
+
+
+def read_fit(source: str | Path | dict[str, Any]) -> FitLaws:
+    """The laws of a fit file, their N conventions, and why the other methods have none."""
     data = source
     where = "(given as a dict)" if isinstance(source, dict) else str(source)
     if not isinstance(source, dict):
@@ -109,9 +137,10 @@ def load_fit(source: str | Path | dict[str, Any]) -> dict[str, tuple[float, floa
     table = data.get("methods") if isinstance(data, dict) else None
     if not isinstance(table, dict):
         raise ScalingError(f"fit {where} has no 'methods' table")
-    out = {}
+    out, conventions, missing = {}, {}, {}
     for name, entry in table.items():
         if isinstance(entry, dict) and entry.get("optimal_params", 0) is None:
+            missing[name] = str(entry.get("optimal_params_reason") or "the fit found no N*(C) law")
             continue
         try:
             law = entry["optimal_params"]
@@ -123,4 +152,5 @@ def load_fit(source: str | Path | dict[str, Any]) -> dict[str, tuple[float, floa
         if not (math.isfinite(A) and A > 0 and math.isfinite(a)):
             raise ScalingError(f"fit {where}: methods.{name}: A must be positive, a finite")
         out[name] = (A, a)
-    return out
+        conventions[name] = str(law.get("n", "trainable"))
+    return FitLaws(out, conventions, missing)

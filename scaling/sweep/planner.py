@@ -28,7 +28,7 @@ from scaling import flops, methods
 from scaling.errors import ScalingError
 from scaling.runspec import RunSpec, budget_label, run_id
 from scaling.sweep.grid import centred_grid, dial_grid, grid_warnings
-from scaling.sweep.inputs import check_budgets, load_fit, resolve_backbone
+from scaling.sweep.inputs import check_budgets, read_fit, resolve_backbone
 from scaling.sweep.levers import Fitted, fit_to_memory
 from scaling.sweep.spec import SweepSpec, load_spec
 
@@ -91,7 +91,8 @@ def build_plan(
     if gpu_mem is not None:
         spec = spec.replace(constraints=spec.constraints.replace(gpu_mem=gpu_mem))
     budgets = check_budgets(list(spec.budgets if budgets is None else budgets))
-    fit = load_fit(from_fit) if from_fit is not None else None
+    fits = read_fit(from_fit) if from_fit is not None else None
+    fit = fits.laws if fits is not None else None
     gpu_mem = spec.constraints.gpu_mem
     cap = flops.parse_bytes(gpu_mem) if gpu_mem else None
     grids = {m: dial_grid(spec, m) for m in spec.methods}
@@ -102,18 +103,25 @@ def build_plan(
     runs: list[RunSpec] = []
     dropped: list[Dropped] = []
     warnings: list[str] = []
-    if fit is not None:
+    if fits is not None:
         for m in spec.methods:
-            if m not in fit:
-                warnings.append(f"{m}: the fit has no entry for it; its grid is not re-centred")
+            if any(fits.law(m, ref) for ref in backbones):
+                continue
+            why = fits.why_missing(m)
+            warnings.append(
+                f"{m}: the fit has no identified N*(C) law ({why}); its grid is not re-centred"
+                if why
+                else f"{m}: the fit has no entry for it; its grid is not re-centred"
+            )
     for budget in budgets:
         cheapest = math.inf
         for ref, (arch, hf_config) in backbones.items():
             for m in spec.methods:
-                placed = fit is not None and m in fit and type(grids[m][0]).dial is not None
+                found = fits.law(m, ref) if fits is not None else None
+                placed = found is not None and type(grids[m][0]).dial is not None
                 cfgs = grids[m]
                 if placed:
-                    A, a = fit[m]
+                    A, a = found[1]
                     cfgs = centred_grid(grids[m], arch, spec.seq_len, A * budget**a, spec.grid)
                 kept: list[int] = []
                 for cfg in cfgs:

@@ -1,0 +1,89 @@
+"""Whether a fitted law is identified by the data, and if not, why — so that a fit never reports a law
+the runs cannot pin down as if it were a result.
+
+    >>> from scaling.fit.identify import approach3_reasons, power_law_reasons
+    >>> approach3_reasons(a3, boot_info)          # [] when identified
+    ['E sits at its bound (1.39e-11)', 'α's 95% interval [0.0154, 1.62] spans more than a decade']
+
+A law is *not identified* when any of these holds (each is a reason, reported in ``summary.txt`` and
+``fits.json``):
+
+* a parameter sits on the optimiser's bound (the data push it out of any sensible range: with E at
+  its lower bound, for instance, the irreducible loss is not measured at all);
+* the bootstrap interval of an exponent reaches or crosses zero (the sign of the trend is unknown);
+* the interval of a positive quantity spans more than a decade (a factor > 10 between its ends:
+  the coefficient E, or the compute-optimal size N* at the middle budget);
+* most bootstrap resamples failed to produce the law (it exists only for a lucky draw of the runs).
+
+The thresholds are deliberately loose: they flag what is unknown, not what is merely imprecise.
+Without a bootstrap only the bound test applies.
+"""
+
+from __future__ import annotations
+
+DECADE = 10.0
+NAMES = {"alpha": "α", "beta": "β", "e": "E", "a": "A", "b": "B", "loss_exponent": "γ"}
+
+
+def _reaches_zero(ci: tuple[float, float] | None) -> bool:
+    return ci is not None and ci[0] <= 0 <= ci[1]
+
+
+def _over_a_decade(ci: tuple[float, float] | None) -> bool:
+    return ci is not None and ci[0] > 0 and ci[1] / ci[0] > DECADE
+
+
+def _fmt(ci: tuple[float, float]) -> str:
+    return f"[{ci[0]:.3g}, {ci[1]:.3g}]"
+
+
+def _failed(info: dict | None) -> list[str]:
+    if not info or not info.get("resamples"):
+        return []
+    failed, total = int(info.get("failed", 0)), int(info["resamples"])
+    return [f"{failed} of {total} bootstrap resamples failed"] if failed > total / 2 else []
+
+
+def approach3_reasons(a3, info: dict | None, level: float = 0.95) -> list[str]:
+    """Reasons approach 3's L(N, D) and its compute-optimal allocation are not identified."""
+    reasons = []
+    for name in a3.bound_hits:
+        value = {"e": a3.E, "a": a3.A, "b": a3.B, "alpha": a3.alpha, "beta": a3.beta}.get(name)
+        shown = f" ({value:.3g})" if value is not None else ""
+        reasons.append(f"{NAMES.get(name, name)} sits at its bound{shown}")
+    pct = f"{level:.0%}"
+    for key in ("alpha", "beta", "loss_exponent"):
+        ci = a3.ci.get(key)
+        if _reaches_zero(ci):
+            reasons.append(f"{NAMES[key]}'s {pct} interval {_fmt(ci)} reaches zero")
+    if a3.n_opt is not None and _reaches_zero(a3.n_opt.ci.get("a")):
+        reasons.append(f"the N*(C) exponent's {pct} interval {_fmt(a3.n_opt.ci['a'])} reaches zero")
+    if _over_a_decade(a3.ci.get("E")):
+        reasons.append(f"E's {pct} interval {_fmt(a3.ci['E'])} spans more than a decade")
+    return reasons + _failed(info)
+
+
+def power_law_reasons(fit, band: tuple[float, float] | None, info: dict | None,
+                      level: float = 0.95) -> list[str]:  # fmt: skip
+    """Reasons an N*(C), D*(C), L*(C) fit (approach 2 or 1) is not identified; ``band`` is the
+    bootstrap interval of N* at the middle of the fitted budgets."""
+    if fit is None or fit.n_opt is None:
+        return []
+    pct = f"{level:.0%}"
+    reasons = []
+    if _reaches_zero(fit.n_opt.ci.get("a")):
+        reasons.append(
+            f"the N*(C) exponent's {pct} interval {_fmt(fit.n_opt.ci['a'])} reaches zero"
+        )
+    loss = getattr(fit, "loss", None)
+    if loss is not None and _reaches_zero(loss.ci.get("alpha")):
+        reasons.append(f"the L*(C) exponent's {pct} interval {_fmt(loss.ci['alpha'])} reaches zero")
+    if _over_a_decade(band):
+        reasons.append(f"N* at the middle budget has a {pct} interval {_fmt(band)} spanning more "
+                       "than a decade")  # fmt: skip
+    return reasons + _failed(info)
+
+
+ADVICE = ("add budgets (a wider range of C), widen the grid around the optimum, or add sizes "
+          "(more backbones or dial values)")  # fmt: skip
+"""What to add when a law is not identified (printed with the reasons)."""
