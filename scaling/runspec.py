@@ -100,9 +100,17 @@ def dial_label(cfg: MethodConfig) -> str:
     return "-".join(parts)
 
 
-IDENTITY_DEFAULTS = {"loss": "plain", "optimizer": "adamw"}
+IDENTITY_DEFAULTS = {"loss": "plain", "optimizer": "adamw", "use_rslora": False}
 """Method dials added after runs were first planned, at the value that reproduces what runs did before
-they existed: left out of the run id while they keep it, so sweeps planned earlier keep their ids."""
+they existed: left out of the run id while they keep it, so sweeps planned earlier keep their ids, and
+filled in for a recorded config that lacks them (:func:`recorded_config`), so earlier runs keep what
+they were planned with whatever the defaults are now."""
+
+
+def recorded_config(config: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    """A method config as a run recorded it, completed with the values that reproduce what it did
+    before later dials existed (only the dials its method has: ``fields``)."""
+    return {k: v for k, v in IDENTITY_DEFAULTS.items() if k in fields} | config
 
 
 def identity_config(cfg: MethodConfig) -> dict[str, Any]:
@@ -142,6 +150,8 @@ class RunSpec:
     method_config: dict[str, Any]
     dial: str
     """Readable dial values, e.g. ``reduction=8``."""
+    dial_name: str | None
+    """The dial the sweep varies for this method (what fits read N along and re-centring moves)."""
     budget: float
     seed: int
     seq_len: int

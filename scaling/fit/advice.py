@@ -35,9 +35,11 @@ CONFIG = ("method", "backbone", "backbone_config", "method_config", "seq_len", "
 NEEDED = ("run_id", *CONFIG)
 
 
-def _dial_key(cfg) -> str | None:
-    """The config field that sizes it: the method's dial, or ``side_width`` when a Ladder sets it
-    (it then overrides ``reduction``)."""
+def _dial_key(cfg, swept: str | None = None) -> str | None:
+    """The config field that sizes it: the dial the sweep varied (recorded in its runs), else the
+    method's own, or ``side_width`` when a Ladder sets it (it then overrides ``reduction``)."""
+    if swept:
+        return swept
     if getattr(cfg, "side_width", None):
         return "side_width"
     return type(cfg).dial
@@ -51,13 +53,14 @@ def _n(cost: flops.Cost, convention: str, kind: str) -> float:
     return cost.backbone.total + (0 if kind == "full" else cost.trainable_params)
 
 
-def candidates(method: str, base_configs: list[dict[str, Any]], arch: Arch) -> list:
+def candidates(method: str, base_configs: list[dict[str, Any]], arch: Arch,
+               swept: str | None = None) -> list:  # fmt: skip
     cls = methods.config_class(method)
     out = {}
     for mc in base_configs:
         cfg = cls.from_dict(mc, where=f"method {method}")
         variants = [cfg]
-        key = _dial_key(cfg)
+        key = _dial_key(cfg, swept)
         if key:
             for v in dial_values(key, arch):
                 try:
@@ -92,22 +95,27 @@ def advise(table, fits: dict, spec: FitSpec) -> list[dict[str, Any]]:
             continue
         rows = table.filter(pl.col("run_id").is_in(list(mf.points.run_id)))
         groups = {}
-        for r in rows.select(CONFIG).unique().iter_rows(named=True):
+        swept = {}
+        extra = ["dial_name"] if "dial_name" in rows.columns else []
+        for r in rows.select([*CONFIG, *extra]).unique().iter_rows(named=True):
             key = (r["method"], r["backbone"], r["backbone_config"], r["seq_len"],
                    r["micro_batch_size"])  # fmt: skip
             groups.setdefault(key, []).append(json.loads(r["method_config"]))
+            swept[key] = r.get("dial_name") or swept.get(key)
         theta = mf.samples.get("approach3", {}).get("theta")
         for (name, ref, bc, seq_len, mbs), configs in groups.items():
             arch = Arch.from_hf_config(json.loads(bc), source=ref)
             cands = []
-            for cfg in candidates(name, configs, arch):
+            key = (name, ref, bc, seq_len, mbs)
+            for cfg in candidates(name, configs, arch, swept.get(key)):
                 try:
                     cost = flops.cost(arch, cfg, int(seq_len))
                 except (ScalingError, ValueError):
                     continue
-                cands.append((cfg, cost, _n(cost, spec.n, cfg.kind)))
+                n = mf.points.size_axis if spec.n == "auto" else spec.n
+                cands.append((cfg, cost, _n(cost, n, cfg.kind)))
             for C in spec.predict:
-                best = _best(cands, a3, C, arch, int(seq_len), int(mbs), cap)
+                best = _best(cands, a3, C, arch, int(seq_len), int(mbs), cap, swept.get(key))
                 if best is None:
                     continue
                 fit_entry, free_entry = best
@@ -123,19 +131,19 @@ def advise(table, fits: dict, spec: FitSpec) -> list[dict[str, Any]]:
     return out
 
 
-def _best(cands, a3, C, arch, seq_len, mbs, cap):
+def _best(cands, a3, C, arch, seq_len, mbs, cap, swept=None):
     """(best configuration that fits ``cap`` with the memory levers it needs, best regardless of
     memory) at compute ``C``, as advice entries."""
     free, fitting = [], []
     for cfg, cost, n in cands:
         as_is = Fitted(cfg, mbs, flops.memory(arch, cfg, seq_len, mbs), [], True)
-        free.append(_score(a3, C, as_is, cost, n))
+        free.append(_score(a3, C, as_is, cost, n, swept))
         # The levers the planner uses (efficient loss, checkpointing, smaller micro-batch) may change
         # the config and so its FLOPs per token, hence D and the predicted loss.
         fitted = fit_to_memory(arch, cfg, seq_len, mbs, cap)
         if fitted.fits:
             fcost = cost if fitted.config == cfg else flops.cost(arch, fitted.config, seq_len)
-            fitting.append(_score(a3, C, fitted, fcost, n))
+            fitting.append(_score(a3, C, fitted, fcost, n, swept))
     if not free:
         return None
     for entries in (free, fitting):
@@ -145,10 +153,10 @@ def _best(cands, a3, C, arch, seq_len, mbs, cap):
     return (fitting[0] if fitting else None), free[0]
 
 
-def _score(a3, C, fitted: Fitted, cost: flops.Cost, n: float) -> dict[str, Any]:
+def _score(a3, C, fitted: Fitted, cost: flops.Cost, n: float, swept=None) -> dict[str, Any]:
     d = C / cost.train_flops_per_token
     lo, hi = a3.n_range
-    key = _dial_key(fitted.config)
+    key = _dial_key(fitted.config, swept)
     return {"config": fitted.config.to_dict(), "dial": key and {key: getattr(fitted.config, key)},
             "n": float(n), "d": float(d), "loss": float(a3.predict(n, d)),
             "flops_per_token": cost.train_flops_per_token, "trainable_params": cost.trainable_params,

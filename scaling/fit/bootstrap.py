@@ -108,7 +108,7 @@ def fit_method(
     frontier = {k: {c: v[: len(grid)] for c, v in d.items()} for k, d in curves_at.items()}
     predictions = _predictions(points, a3, curves_at, predict, len(grid))
     ident = _identification(points, a3, a2, a1, curves_at, boot, level)
-    opt, opt_reason = _optimal_params(a2, a3, spec, ident)
+    opt, opt_reason = _optimal_params(a2, a3, spec, ident, points.size_axis)
     mf = MethodFit(
         method=points.method, points=points, approach3=a3, approach2=a2, approach1=a1,
         optimal_params=opt, predictions=tuple(predictions),
@@ -354,7 +354,7 @@ def _identification(points, a3, a2, a1, curves_at, boot, level) -> dict[str, lis
     return out
 
 
-def _optimal_params(a2, a3, spec, ident) -> tuple[OptimalParams | None, str | None]:
+def _optimal_params(a2, a3, spec, ident, size_axis) -> tuple[OptimalParams | None, str | None]:
     """Approach 2's N*(C) (measured isoFLOP minima) when it is identified, else approach 3's; none
     (with the reason) when neither is: a law the data do not pin down never re-centres a sweep."""
     why = []
@@ -364,7 +364,8 @@ def _optimal_params(a2, a3, spec, ident) -> tuple[OptimalParams | None, str | No
         if ident.get(name):
             why.append(f"{name} N*(C) not identified: " + "; ".join(ident[name]))
             continue
-        return OptimalParams(fit.n_opt.A, fit.n_opt.a, name, spec.n, fit.n_opt.ci), None
+        n = size_axis if spec.n == "auto" else spec.n
+        return OptimalParams(fit.n_opt.A, fit.n_opt.a, name, n, fit.n_opt.ci), None
     return None, ("; ".join(why) or "no approach gave an N*(C) law") + f" — {ADVICE}"
 
 

@@ -36,7 +36,7 @@ from scaling.errors import ScalingError
 from scaling.io import atomic_dir, write_json
 
 CACHE_DIR = ".collect"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CURVE_COLUMNS = ("run_id", "kind", "step", "tokens", "flops", "loss")
 RESULT_FIELDS = ("status", "error", "final_eval_loss", "final_train_loss", "steps", "planned_steps",
                  "tokens", "planned_tokens", "flops", "planned_flops", "flops_per_token",
@@ -168,6 +168,11 @@ def _collect(root: Path) -> tuple[pl.DataFrame, pl.DataFrame | None, list[str]]:
         row = {
             "run_id": rid, "sweep": base.get("sweep"), "source": str(root),
             "method": base.get("method"), "dial": base.get("dial"),
+            "dial_name": base.get("dial_name"),
+            "lr": (base.get("optimizer") or {}).get("lr", base.get("optimizer_lr")),
+            "lr_multiplier": (base.get("optimizer") or {}).get(
+                "lr_multiplier", base.get("optimizer_lr_multiplier", 1.0)
+            ),
             "backbone": base.get("backbone"), "budget": base.get("budget"),
             "seed": base.get("seed"), "status": "not finished", "error": "no result.json",
             "steps": None, "planned_steps": base.get("steps"), "tokens": None,

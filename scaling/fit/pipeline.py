@@ -29,6 +29,7 @@ Per method (docs/fitting.md has the methodology and its traps):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from scaling.errors import ScalingError
@@ -70,14 +71,14 @@ def _fit(table, spec, cols, *, curves, source, inputs) -> FitReport:
             continue
         mf, dropped = result
         exclusions += dropped
-        methods[m] = mf
+        methods[m] = dataclasses.replace(mf, best_lr_multiplier=prep.best_lr.get(m))
     if not methods:
         raise ScalingError("nothing could be fitted: " + "; ".join(failures))
     warnings += [f"{f} (method left out)" for f in failures]
-    if spec.n != "trainable":
+    if spec.n in ("backbone", "total"):
         warnings.append(
             f"N is {spec.n} parameters: optimal_params (read by `scaling sweep --from-fit`) is in "
-            "that convention, while the planner expects trainable parameters"
+            "that convention; the planner re-centres on backbones only for a ladder of them"
         )
     comparison = compare(methods, spec) if len(methods) > 1 else None
     advice: list[dict[str, Any]] = []

@@ -31,6 +31,12 @@ LABEL = {"approach3": "approach 3 (L(N,D))", "approach2": "approach 2 (isoFLOP m
          "approach1": "approach 1 (envelope)"}  # fmt: skip
 
 
+def _size_axis(report: FitReport) -> str:
+    """What N counts in these figures (one convention, or several with ``n = "auto"``)."""
+    axes = sorted({mf.points.size_axis for mf in report.methods.values()})
+    return report.spec.n if report.spec.n != "auto" else " or ".join(axes)
+
+
 def _log(ax, *, x: bool = True, y: bool = False) -> None:
     """Log axes without minor tick labels (they collide when a range spans less than a decade)."""
     from matplotlib.ticker import NullFormatter
@@ -76,7 +82,7 @@ def isoflop(report: FitReport):
                     lo, hi = par.ci["n_opt"]
                     ax.plot([lo, hi], [par.loss_opt] * 2, color="k", lw=1)
         _log(ax)
-        ax.set_xlabel(f"N ({report.spec.n} parameters)")
+        ax.set_xlabel(f"N ({_size_axis(report)} parameters)")
         ax.set_ylabel("loss")
         ax.set_title(f"{m}: isoFLOP curves (★ interior minimum, ○ edge)")
         ax.legend(fontsize=7)
@@ -113,7 +119,7 @@ def optimal(report: FitReport):
     """N*(C) and D*(C): isoFLOP minima with intervals, and each approach's law with its band."""
     fig, axes = _grid(2)
     colors = _colors(report.methods)
-    for ax, key, label in ((axes[0], "N", f"N* ({report.spec.n} parameters)"),
+    for ax, key, label in ((axes[0], "N", f"N* ({_size_axis(report)} parameters)"),
                            (axes[1], "D", "D* (tokens)")):  # fmt: skip
         for m, mf in report.methods.items():
             c = colors[m]
@@ -187,7 +193,7 @@ def isoloss(report: FitReport):
         _log(ax, x=True, y=True)
         ax.set_xlim(ns[0], ns[-1])
         ax.set_ylim(ds[0], ds[-1])
-        ax.set_xlabel(f"N ({report.spec.n} parameters)")
+        ax.set_xlabel(f"N ({_size_axis(report)} parameters)")
         ax.set_ylabel("D (tokens)")
         ax.set_title(f"{m}: isoloss contours of L(N, D) (grey: isoFLOP lines)")
         ax.legend(fontsize=7, loc="lower left")

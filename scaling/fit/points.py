@@ -33,14 +33,22 @@ class Columns:
     status: str | None = None
     error: str | None = None
     backbone: str | None = None
-    """With several backbones in the table, each method is fitted per backbone (``method@backbone``):
-    a law in trainable parameters does not carry over from one backbone to another."""
+    """With several backbones in the table and N in trainable (or total) parameters, each method is
+    fitted per backbone (``method@backbone``): a law in trainable parameters does not carry over from
+    one backbone to another. With ``params = "auto"`` the backbones are the size axis instead."""
+    backbone_params: str | None = None
+    """Backbone parameters (the size axis when a method's runs span several backbones, ``auto``)."""
+    lr: str | None = None
+    """Learning rate: runs that differ only in it are one point, the best of them (see prepare)."""
+    lr_multiplier: str | None = None
+    seed: str | None = None
 
     @classmethod
     def for_runs(cls, spec: FitSpec) -> Columns:
         """The columns of a table collected from sweep run directories (:mod:`scaling.fit.collect`)."""
         return cls(
-            params=f"{spec.n}_params",
+            params="auto" if spec.n == "auto" else f"{spec.n}_params",
+            backbone_params="backbone_params", lr="lr", lr_multiplier="lr_multiplier", seed="seed",
             loss={"final_eval": "final_eval_loss", "last_k_eval": "last_k_eval_loss",
                   "final_train": "final_train_loss"}[spec.loss],
             tokens="tokens", flops="flops", method="method", budget="budget", run_id="run_id",
@@ -75,6 +83,9 @@ class Points:
     """Index of the point's isoFLOP budget in ``budgets``."""
     budgets: np.ndarray
     """Representative compute of each budget (geometric mean of its points' C), ascending."""
+    size_axis: str = "trainable"
+    """What N counts: ``trainable`` parameters, or ``backbone`` parameters when the method's runs
+    span a ladder of backbones (``n = "auto"``)."""
 
     @property
     def fpt(self) -> np.ndarray:
@@ -91,7 +102,7 @@ class Points:
         return Points(
             self.method, self.run_id[keep], self.N[keep], self.D[keep], self.C[keep],
             self.L[keep], np.array([remap[g] for g in self.group[keep]], dtype=int),
-            self.budgets[groups],
+            self.budgets[groups], self.size_axis,
         )  # fmt: skip
 
 
@@ -100,6 +111,8 @@ class Prepared:
     points: dict[str, Points]
     exclusions: list[Exclusion]
     warnings: list[str]
+    best_lr: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Per method, the median best learning-rate multiplier at its smallest budget."""
 
 
 def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -> Prepared:
@@ -110,6 +123,14 @@ def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -
     """
     if table.height == 0:
         raise ScalingError(f"{source} is empty: nothing to fit")
+    auto = cols.params == "auto"
+    if auto:
+        cols = dataclasses.replace(cols, params="trainable_params")
+    optional = [c for c in (cols.lr, cols.lr_multiplier, cols.seed, cols.backbone_params)
+                if c and c not in table.columns]  # fmt: skip
+    if optional:  # tables collected before these columns existed, or a user's own
+        cols = dataclasses.replace(cols, **{f.name: None for f in dataclasses.fields(cols)
+                                            if getattr(cols, f.name) in optional})  # fmt: skip
     need = [c for c in (cols.params, cols.loss, cols.tokens, cols.flops, cols.method,
                         cols.budget, cols.run_id, cols.status, cols.error, cols.backbone) if c]  # fmt: skip
     missing = [c for c in need if c not in table.columns]
@@ -133,9 +154,15 @@ def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -
         [str(v) for v in col(cols.method, "all")] if cols.method else ["all"] * n, dtype=object
     )
     base = method.copy()  # the method itself, for spec.methods
+    size_axis = {m: "trainable" for m in set(method)}
     if cols.backbone:
         backbone = np.array([str(v) for v in col(cols.backbone)], dtype=object)
         several = {m: len(set(backbone[method == m])) > 1 for m in set(method)}
+        if auto:  # the backbone ladder is the size axis of every method that spans it
+            size_axis = {m: "backbone" if several[m] else "trainable" for m in set(method)}
+            several = dict.fromkeys(several, False)
+            if "backbone" in size_axis.values() and not cols.backbone_params:
+                raise ScalingError(f"{source} has several backbones but no backbone_params column")
         if any(several.values()):
             method = np.array([f"{m}@{b}" if several[m] else m
                                for m, b in zip(method, backbone, strict=True)], dtype=object)  # fmt: skip
@@ -155,6 +182,9 @@ def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -
             raise ScalingError(f"column '{name}' of {source} is not numeric: {e}") from None
 
     N, L = numeric(cols.params), numeric(cols.loss)
+    if "backbone" in size_axis.values():
+        by_backbone = np.array([size_axis[m] == "backbone" for m in method])
+        N = np.where(by_backbone, numeric(cols.backbone_params), N)
     D, C = numeric(cols.tokens), numeric(cols.flops)
     budget = numeric(cols.budget)
     if cols.flops is None:
@@ -206,12 +236,51 @@ def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -
             f"nothing to fit: all {n} rows of {source} were excluded ({summary}; first: "
             f"{exclusions[0].run_id}: {exclusions[0].reason})"
         )
+    best_lr: dict[str, float] = {}
+    if cols.lr:
+        lr, mult, seed = numeric(cols.lr), numeric(cols.lr_multiplier), col(cols.seed, 0)
+        drop, notes, best_lr = _best_learning_rates(method, run_id, N, C, budget, L, lr, mult, seed,
+                                                    keep, spec.budget_tol)  # fmt: skip
+        for i, best in drop:
+            keep[i] = False
+            exclusions.append(Exclusion(run_id[i], method[i],
+                                        f"learning rate {lr[i]:.3g}: not the best at this point "
+                                        f"({best:.3g} is)", "not the best learning rate"))  # fmt: skip
+        warnings += notes
     points = {}
     for m in sorted(set(method[keep])):
         sel = keep & (method == m)
         group, budgets = _budgets(C[sel], budget[sel], spec.budget_tol)
-        points[m] = Points(m, run_id[sel], N[sel], D[sel], C[sel], L[sel], group, budgets)
-    return Prepared(points, exclusions, warnings)
+        points[m] = Points(m, run_id[sel], N[sel], D[sel], C[sel], L[sel], group, budgets,
+                           size_axis=size_axis.get(m, "trainable"))  # fmt: skip
+    return Prepared(points, exclusions, warnings, best_lr)
+
+
+def _best_learning_rates(method, run_id, N, C, budget, L, lr, mult, seed, keep, tol):
+    """Runs that differ only in their learning rate are one isoFLOP point: its best (lowest loss).
+    Returns (runs to drop with the best rate, notes on bests at the edge of their grid, per method the
+    median best multiplier at its smallest budget — what ``sweep --from-fit`` carries up)."""
+    groups: dict[tuple, list[int]] = {}
+    for m in set(method[keep]):
+        sel = np.flatnonzero(keep & (method == m))
+        g, _ = _budgets(C[sel], budget[sel], tol)
+        for j, i in enumerate(sel):
+            groups.setdefault((m, int(g[j]), float(N[i]), str(seed[i])), []).append(int(i))
+    drop, edge, best_mult = [], {}, {}
+    for (m, g, _, _), idx in groups.items():
+        rates = sorted({float(lr[i]) for i in idx})
+        if len(rates) < 2:
+            continue
+        best = min(idx, key=lambda i: L[i])
+        drop += [(i, float(lr[best])) for i in idx if i != best]
+        if lr[best] in (rates[0], rates[-1]):
+            edge.setdefault(m, []).append(f"{run_id[best]} ({lr[best]:.3g} in [{rates[0]:.3g}, "
+                                          f"{rates[-1]:.3g}])")  # fmt: skip
+        if g == 0 and np.isfinite(mult[best]):
+            best_mult.setdefault(m, []).append(float(mult[best]))
+    notes = [f"{m}: {len(v)} point(s) have their best learning rate at the edge of the grid, e.g. "
+             f"{v[0]}: widen the learning-rate grid" for m, v in sorted(edge.items())]  # fmt: skip
+    return drop, notes, {m: float(np.median(v)) for m, v in best_mult.items()}
 
 
 def _budgets(C: np.ndarray, nominal: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:

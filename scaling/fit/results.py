@@ -190,6 +190,9 @@ class MethodFit:
     """Per fitted approach, why its law is not identified (:mod:`scaling.fit.identify`); [] if it is."""
     optimal_params_reason: str | None = None
     """Why ``optimal_params`` is missing (no identified N*(C) law), and what to add."""
+    best_lr_multiplier: float | None = None
+    """Median best learning-rate multiplier at the smallest budget (a swept learning-rate grid):
+    what ``sweep --from-fit`` carries up the budgets under ``lr_protocol = "smallest_budget"``."""
     samples: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict, repr=False)
     """Bootstrap draws the comparison reads: ``approach3`` → {"theta": (R, 5)}; ``approach2`` /
     ``approach1`` → {"E", "A", "alpha"} of L*(C) (R,) each, plus every exponent's draws."""
@@ -200,6 +203,7 @@ class MethodFit:
             "n_points": len(p), "n_budgets": len(p.budgets), "budgets": p.budgets.tolist(),
             "optimal_params": self.optimal_params and self.optimal_params.to_json(),
             "optimal_params_reason": self.optimal_params_reason,
+            "size_axis": self.points.size_axis, "best_lr_multiplier": self.best_lr_multiplier,
             "identified": {k: not v for k, v in self.identification.items()},
             "not_identified": {k: v for k, v in self.identification.items() if v},
             "approach3": self.approach3 and self.approach3.to_json(),

@@ -19,7 +19,7 @@ from scaling.config import Config, check, check_choice, check_positive_int
 from scaling.errors import ScalingError
 from scaling.fit.laws import CHINCHILLA_A, CHINCHILLA_ALPHA, CHINCHILLA_E, HUBER_DELTA
 
-N_CONVENTIONS = ("trainable", "backbone", "total")
+N_CONVENTIONS = ("auto", "trainable", "backbone", "total")
 LOSSES = ("final_eval", "last_k_eval", "final_train")
 SOURCES = ("approach3", "approach2", "approach1")
 
@@ -153,8 +153,11 @@ SECTIONS: dict[str, type[Config]] = {
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FitSpec(Config):
-    n: str = "trainable"
-    """N convention: ``trainable`` (adapter / side-net parameters), ``backbone`` or ``total``."""
+    n: str = "auto"
+    """N convention: ``auto`` (a method's backbone parameters when its runs span several backbones —
+    the backbone ladder is then the size axis — else its trainable parameters), ``trainable``
+    (adapter / side-net parameters; several backbones are then fitted apart), ``backbone`` or
+    ``total``."""
     loss: str = "final_eval"
     """Loss of a run: ``final_eval``, ``last_k_eval`` (mean of the last ``last_k`` evals) or
     ``final_train``."""

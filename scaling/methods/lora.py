@@ -24,8 +24,13 @@ class LoraConfig(MethodConfig):
 
     rank: int = 64
     """LoRA rank r (QLoRA's default 64): adapter params = r·(in + out) per targeted linear."""
-    alpha: float = 16.0
-    """LoRA scaling numerator: the update is (alpha / r)·B·A (QLoRA used 16)."""
+    alpha: float | None = None
+    """LoRA scaling numerator. Unset: 2 with ``use_rslora`` (the update is (2/√r)·B·A, QLoRA's scale
+    16/64 at its reference rank 64), 16 without ((16/r)·B·A, QLoRA's)."""
+    use_rslora: bool = True
+    """Rank-stabilised scaling α/√r (Kalajdzievski 2023, peft's ``use_rslora``) instead of α/r, so the
+    update's scale stays comparable across the ranks a sweep varies: with α/r and a fixed α it would
+    change 128× between rank 1 and 128, confounding rank with learning rate."""
     dropout: float = 0.1
     """Dropout on the LoRA branch input (QLoRA: 0.1 up to 13B, 0.05 above)."""
     gradient_checkpointing: bool = False
@@ -38,7 +43,14 @@ class LoraConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_int("rank", self.rank)
-        check(self.alpha > 0, f"alpha must be positive; got {self.alpha!r}")
+        check(self.alpha is None or self.alpha > 0, f"alpha must be positive; got {self.alpha!r}")
+
+    @property
+    def lora_alpha(self) -> float:
+        """The α peft gets (see ``alpha``)."""
+        if self.alpha is not None:
+            return float(self.alpha)
+        return 2.0 if self.use_rslora else 16.0
         check(0 <= self.dropout < 1, f"dropout must be in [0, 1); got {self.dropout!r}")
 
     def build(self, backbone: Any):
@@ -61,7 +73,8 @@ class LoraConfig(MethodConfig):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
         lora = peft.LoraConfig(
             r=self.rank,
-            lora_alpha=self.alpha,
+            lora_alpha=self.lora_alpha,
+            use_rslora=self.use_rslora,
             lora_dropout=self.dropout,
             target_modules=list(TARGET_MODULES),
             bias="none",

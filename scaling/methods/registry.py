@@ -62,13 +62,16 @@ def load(directory: str | os.PathLike, backbone: Any = None):
         raise ScalingError(
             f"{meta_path} has format {meta.get('format_version')}, expected {FORMAT_VERSION}"
         )
-    cfg = config(meta["method"], **meta["config"])
+    from scaling.runspec import recorded_config
+
+    recorded = recorded_config(meta["config"], config_class(meta["method"]).field_names())
+    cfg = config(meta["method"], **recorded)
     if cfg.kind == "full" and backbone is None:
         backbone = directory  # the saved model is the whole model
     elif getattr(cfg, "init", None) == "pruned":
         cfg = cfg.replace(init="random")  # weights are loaded next; skip the pruning work
     model = cfg.build(backbone if backbone is not None else meta["backbone"])
-    model.method_config = config(meta["method"], **meta["config"])
+    model.method_config = config(meta["method"], **recorded)
     if cfg.kind != "full" or Path(str(backbone)) != directory:
         model.load_weights(directory)
     return model

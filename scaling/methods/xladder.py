@@ -16,7 +16,7 @@ from scaling.methods.ladder import LadderConfig
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class XLadderConfig(LadderConfig):
     name: ClassVar[str] = "xladder"
-    dial: ClassVar[str] = "delta"
+    dial: ClassVar[str] = "reduction"  # its width, as Ladder's; δ is a structural choice
 
     delta: int = 2
     """δ: number of top backbone layers cross-connected to the first δ side layers."""

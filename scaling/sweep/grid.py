@@ -61,10 +61,37 @@ def _axis(method: str, key: str, value: Any) -> list[Any] | None:
     return list(dict.fromkeys(values))
 
 
-def dial_grid(spec: SweepSpec, method: str) -> list[methods.MethodConfig]:
-    """Every combination of the method's grid axes, as validated method configs (spec order)."""
+DIAL_KEY = "dial"
+"""In ``[method.<name>]``, ``dial = "<field>"`` names the swept dial (not a method setting)."""
+
+
+def swept_dial(spec: SweepSpec, method: str) -> str | None:
+    """The dial a method's sweep varies — the one fits are read along, re-centring moves and advice
+    searches: ``dial = "<field>"`` in ``[method.<name>]``; else its only grid axis; else the method's
+    own (``MethodConfig.dial``). Several axes and no ``dial`` is an error: which one is N?"""
     table = spec.method.get(method, {})
     check(isinstance(table, dict), f"method.{method} must be a table of dials")
+    cls = methods.config_class(method)
+    named = table.get(DIAL_KEY)
+    axes = [k for k, v in table.items() if k != DIAL_KEY and _axis(method, k, v) is not None]
+    if named is not None:
+        fields = cls.field_names()
+        check(isinstance(named, str) and named in fields,
+              f"method.{method}.dial must name one of its dials ({', '.join(fields)}); "
+              f"got {named!r}")  # fmt: skip
+        return named
+    if len(axes) == 1:
+        return axes[0]
+    check(len(axes) == 0 or cls.dial in axes,
+          f"method.{method} sweeps {', '.join(axes)}: name the swept one with dial = \"...\"")  # fmt: skip
+    return cls.dial
+
+
+def dial_grid(spec: SweepSpec, method: str) -> list[methods.MethodConfig]:
+    """Every combination of the method's grid axes, as validated method configs (spec order)."""
+    raw = spec.method.get(method, {})
+    check(isinstance(raw, dict), f"method.{method} must be a table of dials")
+    table = {k: v for k, v in raw.items() if k != DIAL_KEY}
     axes = {k: a for k, v in table.items() if (a := _axis(method, k, v)) is not None}
     fixed = {k: v for k, v in table.items() if k not in axes}
     cls = methods.config_class(method)
@@ -90,11 +117,13 @@ def dial_values(dial: str, arch: Arch) -> list[int]:
 
 
 def centred_grid(
-    base: list[methods.MethodConfig], arch: Arch, seq_len: int, target: float, grid: GridSpec
-) -> list[methods.MethodConfig]:
+    base: list[methods.MethodConfig], arch: Arch, seq_len: int, target: float, grid: GridSpec,
+    dial: str | None = None,
+) -> list[methods.MethodConfig]:  # fmt: skip
     """Configs whose trainable-parameter counts lie nearest to ``grid.points`` log-spaced targets
-    within ±``grid.half_width`` decades of ``target``, for each combination of the other axes."""
-    dial = type(base[0]).dial
+    within ±``grid.half_width`` decades of ``target``, moving ``dial`` (default: the method's own)
+    for each combination of the other axes."""
+    dial = dial or type(base[0]).dial
     values = dial_values(dial, arch)
     if not values:
         raise ScalingError(f"cannot centre dial {dial!r} on a fit")

@@ -27,7 +27,7 @@ from typing import Any
 from scaling import flops, methods
 from scaling.errors import ScalingError
 from scaling.runspec import RunSpec, budget_label, run_id
-from scaling.sweep.grid import centred_grid, dial_grid, grid_warnings
+from scaling.sweep.grid import centred_grid, dial_grid, grid_warnings, swept_dial
 from scaling.sweep.inputs import check_budgets, read_fit, resolve_backbone
 from scaling.sweep.levers import Fitted, fit_to_memory
 from scaling.sweep.spec import SweepSpec, load_spec
@@ -71,10 +71,10 @@ class Plan:
 
 
 def _axes_label(method: str, spec: SweepSpec, cfg: methods.MethodConfig, placed: bool) -> str:
-    """``reduction=8``: the values of the method's grid axes (its default dial when none)."""
+    """``reduction=8``: the values of the method's grid axes (its swept dial when none)."""
     table = spec.method.get(method, {})
     keys = [k for k, v in table.items() if isinstance(v, (list, dict))]
-    dial = type(cfg).dial
+    dial = swept_dial(spec, method)
     if dial and (placed or not keys) and dial not in keys:
         keys.insert(0, dial)
     return ", ".join(f"{k}={getattr(cfg, k)}" for k in keys)
@@ -96,6 +96,7 @@ def build_plan(
     gpu_mem = spec.constraints.gpu_mem
     cap = flops.parse_bytes(gpu_mem) if gpu_mem else None
     grids = {m: dial_grid(spec, m) for m in spec.methods}
+    dials = {m: swept_dial(spec, m) for m in spec.methods}
     backbones = {
         b: resolve_backbone(b, spec.backbone_config.get(b)) for b in dict.fromkeys(spec.backbones)
     }
@@ -118,11 +119,12 @@ def build_plan(
         for ref, (arch, hf_config) in backbones.items():
             for m in spec.methods:
                 found = fits.law(m, ref) if fits is not None else None
-                placed = found is not None and type(grids[m][0]).dial is not None
+                placed = found is not None and dials[m] is not None
                 cfgs = grids[m]
                 if placed:
                     A, a = found[1]
-                    cfgs = centred_grid(grids[m], arch, spec.seq_len, A * budget**a, spec.grid)
+                    cfgs = centred_grid(grids[m], arch, spec.seq_len, A * budget**a, spec.grid,
+                                        dials[m])  # fmt: skip
                 kept: list[int] = []
                 for cfg in cfgs:
                     label = _axes_label(m, spec, cfg, placed)
@@ -137,7 +139,8 @@ def build_plan(
                         continue
                     cost, fitted = costs[key]
                     cheapest = min(cheapest, cost.train_flops_per_token)
-                    made = _runs(spec, budget, ref, arch, hf_config, label, cost, fitted, cap)
+                    made = _runs(spec, budget, ref, arch, hf_config, label, cost, fitted, cap,
+                                 dials[m])  # fmt: skip
                     if isinstance(made, str):
                         dropped.append(Dropped(budget, ref, m, label, made))
                     else:
@@ -167,7 +170,8 @@ def _sized(spec: SweepSpec, arch, cfg, cap: float | None) -> tuple[flops.Cost, F
     return flops.cost(arch, fitted.config, spec.seq_len), fitted
 
 
-def _runs(spec, budget, ref, arch, hf_config, label, cost, fitted, cap) -> list[RunSpec] | str:
+def _runs(spec, budget, ref, arch, hf_config, label, cost, fitted, cap,
+          dial_name) -> list[RunSpec] | str:  # fmt: skip
     """One run per seed at this point, or the reasons it violates the constraints."""
     cfg, mem, micro = fitted.config, fitted.memory, fitted.micro_batch_size
     cons = spec.constraints
@@ -204,7 +208,8 @@ def _runs(spec, budget, ref, arch, hf_config, label, cost, fitted, cap) -> list[
         runs.append(
             RunSpec(
                 run_id=rid, sweep=spec.name, backbone=ref, backbone_config=hf_config,
-                method=cfg.name, method_config=cfg.to_dict(), dial=label, budget=budget, seed=seed,
+                method=cfg.name, method_config=cfg.to_dict(), dial=label, dial_name=dial_name,
+                budget=budget, seed=seed,
                 seq_len=spec.seq_len, batch_tokens=spec.batch_tokens,
                 micro_batch_size=micro, grad_accum_steps=spec.batch_tokens // (spec.seq_len * micro),
                 steps=steps, tokens=tokens, flops_per_token=fpt,

@@ -54,7 +54,7 @@ from scaling import io, methods
 from scaling.arch import PRESET_HUB_IDS
 from scaling.errors import ScalingError
 from scaling.methods.backbone import compute_dtype, quiet_libraries
-from scaling.runspec import RESULT_FORMAT_VERSION, RunDir, open_run
+from scaling.runspec import RESULT_FORMAT_VERSION, RunDir, open_run, recorded_config
 from scaling.train import data
 from scaling.train.objective import (
     evaluate,
@@ -113,7 +113,8 @@ def train(
         return previous
     spec = run.spec
     backbone = backbone_path(spec["backbone"])
-    cfg = methods.config(spec["method"], **spec["method_config"])
+    fields = methods.config_class(spec["method"]).field_names()
+    cfg = methods.config(spec["method"], **recorded_config(spec["method_config"], fields))
     # Bad input surfaces here, before the run directory is touched.
     tokenizer = load_tokenizer(backbone)
     seqs_per_step = spec["batch_tokens"] // spec["seq_len"]

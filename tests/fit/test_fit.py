@@ -334,7 +334,7 @@ def test_fit_spec_toml_rejects_unknown_keys(tmp_path):
     with pytest.raises(ScalingError, match="unknown key 'samples'.*valid keys: resamples"):
         load_spec(str(p))
     p.write_text('n = "side"\n')
-    with pytest.raises(ScalingError, match="n must be one of trainable, backbone, total"):
+    with pytest.raises(ScalingError, match="n must be one of auto, trainable, backbone, total"):
         load_spec(str(p))
 
 
