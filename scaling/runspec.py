@@ -120,7 +120,7 @@ def identity_config(cfg: MethodConfig) -> dict[str, Any]:
 
 def run_id(
     *, backbone: str, arch: Arch, cfg: MethodConfig, budget: float, seed: int, seq_len: int,
-    batch_tokens: int, dataset: dict[str, Any], optimizer: dict[str, Any],
+    batch_tokens: int, dataset: dict[str, Any], optimizer: dict[str, Any], tag: str = "",
 ) -> str:  # fmt: skip
     """Readable prefix + sha1 of everything that defines the run's result (not the micro-batch split,
     which only trades memory for time, nor the constraints, which only choose which runs exist)."""
@@ -130,7 +130,7 @@ def run_id(
              budget=budget, seed=seed, seq_len=seq_len, batch_tokens=batch_tokens,
              dataset=dataset, optimizer={**optimizer, "warmup_steps": None})
     )  # fmt: skip
-    label = dial_label(cfg)
+    label = "-".join(p for p in (dial_label(cfg), tag) if p)
     return f"{cfg.name}-{label + '-' if label else ''}{budget_label(budget)}-s{seed}-{sha[:8]}"
 
 

@@ -107,6 +107,11 @@ class FitLaws:
     laws: dict[str, tuple[float, float]]
     n: dict[str, str]
     missing: dict[str, str]
+    lr: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Per method key, the best learning-rate multiplier the fit found at its smallest budget."""
+
+    def best_lr(self, method: str, backbone: str) -> float | None:
+        return self.lr.get(f"{method}@{backbone}", self.lr.get(method))
 
     def law(self, method: str, backbone: str) -> tuple[str, tuple[float, float]] | None:
         """(key, law) for ``method`` on ``backbone``: the per-backbone law first, else the method's."""
@@ -137,8 +142,10 @@ def read_fit(source: str | Path | dict[str, Any]) -> FitLaws:
     table = data.get("methods") if isinstance(data, dict) else None
     if not isinstance(table, dict):
         raise ScalingError(f"fit {where} has no 'methods' table")
-    out, conventions, missing = {}, {}, {}
+    out, conventions, missing, lrs = {}, {}, {}, {}
     for name, entry in table.items():
+        if isinstance(entry, dict) and isinstance(entry.get("best_lr_multiplier"), (int, float)):
+            lrs[name] = float(entry["best_lr_multiplier"])
         if isinstance(entry, dict) and entry.get("optimal_params", 0) is None:
             missing[name] = str(entry.get("optimal_params_reason") or "the fit found no N*(C) law")
             continue
@@ -153,4 +160,4 @@ def read_fit(source: str | Path | dict[str, Any]) -> FitLaws:
             raise ScalingError(f"fit {where}: methods.{name}: A must be positive, a finite")
         out[name] = (A, a)
         conventions[name] = str(law.get("n", "trainable"))
-    return FitLaws(out, conventions, missing)
+    return FitLaws(out, conventions, missing, lrs)

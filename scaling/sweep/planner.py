@@ -20,6 +20,7 @@ grid is centred on the fitted optimum (:func:`scaling.sweep.grid.centred_grid`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,11 @@ def build_plan(
                         continue
                     cost, fitted = costs[key]
                     cheapest = min(cheapest, cost.train_flops_per_token)
+                    mults, note = _lr_multipliers(spec, budget, budgets[0], m, ref, fits)
+                    if note and note not in warnings:
+                        warnings.append(note)
                     made = _runs(spec, budget, ref, arch, hf_config, label, cost, fitted, cap,
-                                 dials[m])  # fmt: skip
+                                 dials[m], mults)  # fmt: skip
                     if isinstance(made, str):
                         dropped.append(Dropped(budget, ref, m, label, made))
                     else:
@@ -158,6 +162,21 @@ def build_plan(
     return Plan(spec, budgets, runs, dropped, warnings, fit)
 
 
+def _lr_multipliers(spec: SweepSpec, budget: float, smallest: float, method: str, ref: str,
+                    fits) -> tuple[list[float | None], str | None]:  # fmt: skip
+    """The learning-rate multipliers a point is planned at (``[None]``: no grid), and a note."""
+    opt = spec.optimizer
+    if not opt.lr_grid:
+        return [None], None
+    if opt.lr_protocol == "every_budget" or budget == smallest:
+        return list(opt.lr_grid), None
+    carried = fits.best_lr(method, ref) if fits is not None else None
+    if carried is None:
+        return [1.0], (f"{method}: no fitted best learning rate to carry up the budgets yet: they use "
+                       "×1 (fit the smallest budget, then plan the rest with --from-fit)")  # fmt: skip
+    return [carried], None
+
+
 def _sized(spec: SweepSpec, arch, cfg, cap: float | None) -> tuple[flops.Cost, Fitted]:
     """The point's cost and memory; under a cap, with the memory levers it needs
     (:func:`scaling.sweep.levers.fit_to_memory`: they may change the config, hence the cost)."""
@@ -170,8 +189,8 @@ def _sized(spec: SweepSpec, arch, cfg, cap: float | None) -> tuple[flops.Cost, F
     return flops.cost(arch, fitted.config, spec.seq_len), fitted
 
 
-def _runs(spec, budget, ref, arch, hf_config, label, cost, fitted, cap,
-          dial_name) -> list[RunSpec] | str:  # fmt: skip
+def _runs(spec, budget, ref, arch, hf_config, label, cost, fitted, cap, dial_name,
+          multipliers) -> list[RunSpec] | str:  # fmt: skip
     """One run per seed at this point, or the reasons it violates the constraints."""
     cfg, mem, micro = fitted.config, fitted.memory, fitted.micro_batch_size
     cons = spec.constraints
@@ -198,17 +217,20 @@ def _runs(spec, budget, ref, arch, hf_config, label, cost, fitted, cap,
     if reasons:
         return "; ".join(reasons)
     counts = cost.to_dict()
+    side = cfg.geometry(arch).hidden_size if cfg.kind == "ladder" else None
     runs = []
-    for seed in spec.seeds:
-        opt = spec.optimizer.for_method(cfg.name, steps)
+    for seed, mult in itertools.product(spec.seeds, multipliers):
+        opt = spec.optimizer.for_method(cfg.name, steps, side_width=side, multiplier=mult)
+        tag = "" if mult is None else f"lr{mult:g}"
         rid = run_id(
             backbone=ref, arch=arch, cfg=cfg, budget=budget, seed=seed, seq_len=spec.seq_len,
-            batch_tokens=spec.batch_tokens, dataset=spec.dataset.to_dict(), optimizer=opt,
+            batch_tokens=spec.batch_tokens, dataset=spec.dataset.to_dict(), optimizer=opt, tag=tag,
         )  # fmt: skip
         runs.append(
             RunSpec(
                 run_id=rid, sweep=spec.name, backbone=ref, backbone_config=hf_config,
-                method=cfg.name, method_config=cfg.to_dict(), dial=label, dial_name=dial_name,
+                method=cfg.name, method_config=cfg.to_dict(),
+                dial=label if mult is None else f"{label}, lr×{mult:g}", dial_name=dial_name,
                 budget=budget, seed=seed,
                 seq_len=spec.seq_len, batch_tokens=spec.batch_tokens,
                 micro_batch_size=micro, grad_accum_steps=spec.batch_tokens // (spec.seq_len * micro),

@@ -31,9 +31,11 @@ from scaling.config import (
 from scaling.errors import ScalingError
 from scaling.launch.spec import LaunchSpec
 from scaling.runspec import digest
-from scaling.sweep.grid import dial_grid
+from scaling.sweep.grid import dial_grid, swept_dial
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
+LR_WIDTH_RULES = ("inverse", "none")
+LR_PROTOCOLS = ("every_budget", "smallest_budget")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -92,7 +94,20 @@ class OptimizerSpec(Config):
     lr_by_method: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"ladder": 3e-3, "xladder": 3e-3}
     )
-    """Per-method peak learning rate (LST used 3e-3 for side nets)."""
+    """Per-method peak learning rate (LST used 3e-3 for side nets); for a side net, at
+    ``lr_reference_width`` when ``lr_width_rule`` scales it."""
+    lr_width_rule: str = "inverse"
+    """How a side net's (Ladder's, xLadder's) learning rate follows its width d_s: ``inverse``,
+    lr × lr_reference_width / d_s — μP's rule for Adam on hidden matrices, whose updates grow with
+    fan-in (Yang et al. 2022, "Tensor Programs V") — or ``none`` (one rate for every width)."""
+    lr_reference_width: int = 128
+    """Side width at which the side nets' ``lr_by_method`` holds under ``lr_width_rule``."""
+    lr_grid: list[float] = dataclasses.field(default_factory=list)
+    """Multipliers of each run's learning rate to sweep, e.g. ``[0.5, 1, 2]`` (empty: one rate). The
+    fit keeps, per method, size and budget, the best of them, and flags a best at the grid's edge."""
+    lr_protocol: str = "every_budget"
+    """``every_budget``: the grid at every budget; ``smallest_budget``: the grid at the smallest budget
+    only, the others at the best multiplier a fit of it found (``sweep --from-fit``; ×1 before)."""
     weight_decay: float = 0.0
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
     schedule: str = "cosine"
@@ -121,12 +136,30 @@ class OptimizerSpec(Config):
         check(0 <= self.min_lr_ratio <= 1, "optimizer.min_lr_ratio must be in [0, 1]")
         check(0 < self.decay_fraction <= 1, "optimizer.decay_fraction must be in (0, 1]")
         check_positive_number("optimizer.grad_clip", self.grad_clip, allow_none=True)
+        check_choice("optimizer.lr_width_rule", self.lr_width_rule, LR_WIDTH_RULES)
+        check_positive_int("optimizer.lr_reference_width", self.lr_reference_width)
+        check(isinstance(self.lr_grid, list), "optimizer.lr_grid must be a list of multipliers")
+        for m in self.lr_grid:
+            check_positive_number("optimizer.lr_grid", m)
+        check(len(set(self.lr_grid)) == len(self.lr_grid), "optimizer.lr_grid lists a value twice")
+        check_choice("optimizer.lr_protocol", self.lr_protocol, LR_PROTOCOLS)
 
-    def for_method(self, method: str, steps: int) -> dict[str, Any]:
-        """What one run's optimizer needs: the resolved learning rate and warm-up steps."""
+    def for_method(self, method: str, steps: int, *, side_width: int | None = None,
+                   multiplier: float | None = None) -> dict[str, Any]:  # fmt: skip
+        """What one run's optimizer needs: the resolved learning rate (the method's, scaled by its
+        side width under ``lr_width_rule``, times ``multiplier`` from ``lr_grid``) and warm-up steps.
+        The planning rules themselves stay in the sweep's spec, not in each run's."""
         out = self.to_dict()
-        del out["lr_by_method"]
-        out["lr"] = self.lr_by_method.get(method, self.lr)
+        for key in ("lr_by_method", "lr_width_rule", "lr_reference_width", "lr_grid",
+                    "lr_protocol"):  # fmt: skip
+            del out[key]
+        lr = self.lr_by_method.get(method, self.lr)
+        if side_width and self.lr_width_rule == "inverse":
+            lr *= self.lr_reference_width / side_width
+        if multiplier is not None:
+            out["lr_multiplier"] = multiplier
+            lr *= multiplier
+        out["lr"] = lr
         out["warmup_steps"] = math.ceil(self.warmup_fraction * steps)
         return out
 
@@ -259,6 +292,7 @@ class SweepSpec(Config):
             methods.config_class(name)
         for name in self.methods:
             dial_grid(self, name)  # validates every combination of dials
+            swept_dial(self, name)  # and which one the sweep varies
         for key in ("seq_len", "batch_tokens", "micro_batch_size"):
             check_positive_int(key, getattr(self, key))
         sequences = self.seq_len * self.micro_batch_size

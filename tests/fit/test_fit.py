@@ -383,3 +383,32 @@ def test_several_backbones_are_fitted_separately():
     assert set(report.methods) == {"ladder@small", "ladder@big"}
     assert report.methods["ladder@small"].approach3.E == pytest.approx(1.69, rel=1e-4)
     assert any("fitted per backbone" in w for w in report.warnings)
+
+
+def test_best_learning_rate_per_point_and_edge_flags():
+    """Runs that differ only in their learning rate are one point: the best is kept, the others are
+    excluded with the reason, a best at the grid's edge is flagged, and the smallest budget's median
+    best multiplier is reported (what --from-fit carries up)."""
+    rows = []
+    for c in (1e18, 1e19):
+        for n in np.geomspace(1e7, 1e9, 5):
+            for mult in (0.5, 1.0, 2.0):
+                # the best rate is ×1 for most sizes, ×2 (the edge) for the largest
+                best = 2.0 if n > 5e8 else 1.0
+                penalty = 0.05 * abs(math.log2(mult / best))
+                loss = 1.69 + 406.4 * n**-0.34 + 410.7 * (c / (6 * n)) ** -0.28 + penalty
+                rows.append({"method": "m", "N": n, "D": c / (6 * n), "C": c, "L": loss,
+                             "lr": 2e-4 * mult, "mult": mult, "seed": 0, "run_id": f"{c}-{n}-{mult}"})  # fmt: skip
+    cols = Columns(params="N", loss="L", tokens="D", flops="C", method="method", run_id="run_id",
+                   lr="lr", lr_multiplier="mult", seed="seed")  # fmt: skip
+    report = fit.fit(table(rows), small_spec(bootstrap={"resamples": 0}, holdout={"budgets": 0}),
+                     cols)  # fmt: skip
+    mf = report.methods["m"]
+    assert len(mf.points) == 10  # one per (budget, size)
+    dropped = [e for e in report.exclusions if e.kind == "not the best learning rate"]
+    assert len(dropped) == 20 and all("not the best at this point" in e.reason for e in dropped)
+    kept = set(mf.points.run_id)
+    assert all(rid.endswith("-1.0") or float(rid.split("-")[1]) > 5e8 for rid in kept)
+    assert any("best learning rate at the edge of the grid" in w for w in report.warnings)
+    assert mf.best_lr_multiplier == 1.0
+    assert report.to_json()["methods"]["m"]["best_lr_multiplier"] == 1.0

@@ -42,7 +42,9 @@ def test_an_unidentifiable_table_is_marked_and_writes_no_optimal_params(flat, tm
     mf = flat.methods["m"]
     assert mf.identification["approach3"], "approach 3 on noise must not be identified"
     assert mf.optimal_params is None
-    assert "not identified" in mf.optimal_params_reason and "add budgets" in mf.optimal_params_reason
+    assert (
+        "not identified" in mf.optimal_params_reason and "add budgets" in mf.optimal_params_reason
+    )
     data = clean_json(flat.to_json())
     entry = data["methods"]["m"]
     assert entry["optimal_params"] is None and entry["identified"]["approach3"] is False

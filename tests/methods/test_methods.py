@@ -183,3 +183,22 @@ def test_build_on_a_loaded_model(tiny_llama, batch):
 def test_hub_name_offline_is_a_clear_error():
     with pytest.raises(ScalingError, match="cannot load model 'no-org/no-model'"):
         methods.build("lora", "no-org/no-model")
+
+
+def test_lora_update_scale_is_rank_stabilised(tiny_llama):
+    """rsLoRA: the update is (α/√r)·B·A with α = 2, i.e. QLoRA's 16/64 at its rank 64, so it does not
+    change 128× across the ranks a sweep varies; a config recorded before rsLoRA keeps α/r."""
+    from peft.tuners.lora import LoraLayer
+
+    from scaling.runspec import recorded_config
+
+    def scale(**dials):
+        model = methods.build("lora", tiny_llama, **dials)
+        layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+        return layer.scaling["default"]
+
+    assert scale(rank=4) == pytest.approx(2 / 4**0.5)
+    assert scale(rank=64) == pytest.approx(16 / 64)
+    assert scale(rank=16) / scale(rank=1) == pytest.approx(1 / 4)
+    old = recorded_config({"rank": 8, "alpha": 16.0}, methods.config_class("lora").field_names())
+    assert old["use_rslora"] is False and scale(**old) == pytest.approx(16 / 8)

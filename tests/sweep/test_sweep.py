@@ -352,7 +352,10 @@ def test_write_manifest_and_run_specs(tmp_path):
     spec_json = json.loads((tmp_path / "out" / "runs" / r.run_id / "spec.json").read_text())
     assert spec_json["run_id"] == r.run_id and spec_json["steps"] == r.steps
     assert spec_json["backbone_config"]["hidden_size"] == 896
-    assert spec_json["optimizer"]["lr"] == 3e-3 and spec_json["optimizer"]["warmup_steps"] > 0
+    # the side net's rate follows its width (μP's 1/width for Adam): 3e-3 at width 128
+    width = 896 // r.method_config["reduction"]
+    assert spec_json["optimizer"]["lr"] == pytest.approx(3e-3 * 128 / width)
+    assert spec_json["optimizer"]["warmup_steps"] > 0
     meta = json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert meta["spec_hash"] == p.identity and meta["budgets"] == [1e17, 1e18]
 
@@ -504,10 +507,62 @@ def test_fit_without_a_law_for_a_method_leaves_its_grid_alone():
 
 def test_run_ids_survive_new_dials_at_their_old_values():
     """``loss`` and ``optimizer`` came after the quickstart was first planned: at ``plain`` / ``adamw``
-    they leave Ladder's ids as they were (these ids are from a plan made before they existed); QLoRA's
-    reference defaults (prepare_kbit, paged_adamw_32bit) are a different baseline, with new ids."""
-    p = sweep.build_plan(sweep.load_spec(ROOT / "sweeps/quickstart.toml"))
+    (and one learning rate for every side width) they leave Ladder's ids as they were (these ids are
+    from a plan made before they existed); QLoRA's reference defaults (prepare_kbit,
+    paged_adamw_32bit, rsLoRA) are a different baseline, with new ids."""
+    spec = sweep.load_spec(ROOT / "sweeps/quickstart.toml", optimizer={"lr_width_rule": "none"})
+    p = sweep.build_plan(spec)
     ids = {r.run_id for r in p.runs}
     assert {"ladder-r1-4e10-s0-4793e97f", "ladder-r2-4e10-s0-f0e9b175",
             "xladder-r1-d2-4e10-s0-27d6bbf3"} <= ids  # fmt: skip
     assert "qlora-r1-4e10-s0-79dddb57" not in ids
+
+
+def test_learning_rate_grid_every_budget_and_smallest_budget():
+    base = dict(methods=["qlora"], method={"qlora": {"rank": [8, 16]}})
+    every = sweep.build_plan(sweep.load_spec(**base, optimizer={"lr_grid": [0.5, 1.0, 2.0]}),
+                             [1e18, 3e18])  # fmt: skip
+    assert len(every.runs) == 2 * 2 * 3
+    lrs = sorted({r.optimizer["lr"] for r in every.runs})
+    assert lrs == pytest.approx([1e-4, 2e-4, 4e-4])
+    assert {r.optimizer["lr_multiplier"] for r in every.runs} == {0.5, 1.0, 2.0}
+    assert len({r.run_id for r in every.runs}) == 12 and "lr0.5" in every.runs[0].run_id
+    assert "lr×0.5" in every.runs[0].dial
+    smallest = sweep.load_spec(**base, optimizer={"lr_grid": [0.5, 1.0, 2.0],
+                                                  "lr_protocol": "smallest_budget"})  # fmt: skip
+    p = sweep.build_plan(smallest, [1e18, 3e18])
+    at = {b: [r for r in p.runs if r.budget == b] for b in (1e18, 3e18)}
+    assert len(at[1e18]) == 6 and [r.optimizer["lr_multiplier"] for r in at[3e18]] == [1.0, 1.0]
+    assert any("no fitted best learning rate" in w for w in p.warnings)
+    fitted = {"methods": {"qlora": {"optimal_params": None, "best_lr_multiplier": 2.0}}}
+    p = sweep.build_plan(smallest, [1e18, 3e18], from_fit=fitted)
+    assert {r.optimizer["lr_multiplier"] for r in p.runs if r.budget == 3e18} == {2.0}
+
+
+def test_side_net_learning_rate_follows_its_width():
+    spec = sweep.load_spec(methods=["ladder"], method={"ladder": {"reduction": [2, 4, 8]}})
+    runs = sweep.build_plan(spec, [1e18]).runs
+    by = {r.method_config["reduction"]: r.optimizer["lr"] for r in runs}
+    assert by[4] == pytest.approx(2 * by[2]) and by[8] == pytest.approx(4 * by[2])
+    flat = sweep.build_plan(spec.replace(optimizer=spec.optimizer.replace(lr_width_rule="none")),
+                            [1e18]).runs  # fmt: skip
+    assert {r.optimizer["lr"] for r in flat} == {3e-3}
+
+
+def test_swept_dial_is_explicit():
+    spec = sweep.load_spec(
+        methods=["xladder"], method={"xladder": {"reduction": [4, 8], "delta": 2}}
+    )
+    runs = sweep.build_plan(spec, [1e18]).runs
+    assert {r.dial_name for r in runs} == {"reduction"}  # its only axis
+    two = {"xladder": {"reduction": [4, 8], "delta": [1, 2]}}  # its own dial among them: that one
+    runs = sweep.build_plan(sweep.load_spec(methods=["xladder"], method=two), [1e18]).runs
+    assert {r.dial_name for r in runs} == {"reduction"}
+    named = {"xladder": {**two["xladder"], "dial": "delta"}}
+    runs = sweep.build_plan(sweep.load_spec(methods=["xladder"], method=named), [1e18]).runs
+    assert {r.dial_name for r in runs} == {"delta"}
+    other = {"ladder": {"reduction": 8, "side_layers": [6, 12], "fusion": ["add", "replace"]}}
+    with pytest.raises(ScalingError, match="name the swept one with dial"):
+        sweep.load_spec(methods=["ladder"], method=other)
+    with pytest.raises(ScalingError, match="must name one of its dials"):
+        sweep.load_spec(methods=["xladder"], method={"xladder": {"dial": "width"}})
