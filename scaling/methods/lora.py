@@ -44,6 +44,7 @@ class LoraConfig(MethodConfig):
         super().__post_init__()
         check_positive_int("rank", self.rank)
         check(self.alpha is None or self.alpha > 0, f"alpha must be positive; got {self.alpha!r}")
+        check(0 <= self.dropout < 1, f"dropout must be in [0, 1); got {self.dropout!r}")
 
     @property
     def lora_alpha(self) -> float:
@@ -51,7 +52,6 @@ class LoraConfig(MethodConfig):
         if self.alpha is not None:
             return float(self.alpha)
         return 2.0 if self.use_rslora else 16.0
-        check(0 <= self.dropout < 1, f"dropout must be in [0, 1); got {self.dropout!r}")
 
     def build(self, backbone: Any):
         import peft
