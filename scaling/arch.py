@@ -76,6 +76,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
         max_position_embeddings=131072, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False,
     ),
+    "qwen2.5-14b": dict(
+        model_type="qwen2", hidden_size=5120, intermediate_size=13824, num_hidden_layers=48,
+        num_attention_heads=40, num_key_value_heads=8, vocab_size=152064,
+        max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=1000000.0, tie_word_embeddings=False,
+    ),
     "mistral-7b": dict(
         model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, max_position_embeddings=32768,
@@ -145,8 +150,48 @@ PRESET_HUB_IDS: dict[str, str] = {
     "qwen2.5-1.5b": "Qwen/Qwen2.5-1.5B",
     "qwen2.5-3b": "Qwen/Qwen2.5-3B",
     "qwen2.5-7b": "Qwen/Qwen2.5-7B",
+    "qwen2.5-14b": "Qwen/Qwen2.5-14B",
     "mistral-7b": "mistralai/Mistral-7B-v0.1",
 }
+
+
+# The built-in tiny family (``scaling backbone tiny``): 4-layer Llamas of six widths, pre-trained on
+# the spot so the quickstart has a ladder of backbones to put on the size axis.
+TINY_SHAPE = dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                  max_position_embeddings=256, tie_word_embeddings=False)  # fmt: skip
+TINY_WIDTHS = {32: 88, 48: 128, 64: 176, 96: 264, 128: 352, 192: 528}
+"""Hidden size → MLP size (≈ 2.75×, Llama's ratio)."""
+TINY_DIR = "runs/backbones"
+FAMILIES = {
+    "tiny": "the built-in tiny Llamas (scaling backbone tiny), in runs/backbones/",
+    "qwen2.5": "Qwen2.5 0.5B … 14B presets",
+    "llama-3": "Llama 3.x 1B, 3B and 8B presets",
+}
+"""Backbone ladders a sweep can name as ``family:<name>`` (each member is one size on the N axis)."""
+
+
+def tiny_config(width: int) -> dict[str, Any]:
+    """``config.json`` fields of the tiny Llama of this width."""
+    if width not in TINY_WIDTHS:
+        raise ScalingError(
+            f"no tiny backbone of width {width}; widths: {', '.join(map(str, TINY_WIDTHS))}"
+        )
+    return dict(model_type="llama", hidden_size=width, intermediate_size=TINY_WIDTHS[width],
+                **TINY_SHAPE)  # fmt: skip
+
+
+def family_members(name: str) -> list[tuple[str, dict[str, Any] | None]]:
+    """(backbone reference, inline config.json or None) of each member of a backbone family, smallest
+    first: the tiny family's model directories (with their configs, usable before they are built),
+    or presets."""
+    if name == "tiny":
+        return [(f"{TINY_DIR}/tiny-llama-{w}", tiny_config(w)) for w in TINY_WIDTHS]
+    prefix = {"qwen2.5": "qwen2.5-", "llama-3": "llama-3."}.get(name)
+    if prefix is None:
+        raise ScalingError(f"unknown backbone family {name!r}; families: {', '.join(FAMILIES)}")
+    members = [p for p in PRESETS if p.startswith(prefix)]
+    size = lambda p: PRESETS[p]["hidden_size"] ** 2 * PRESETS[p]["num_hidden_layers"]  # noqa: E731
+    return [(p, None) for p in sorted(members, key=size)]
 
 
 def preset_config(name: str) -> dict[str, Any]:

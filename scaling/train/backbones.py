@@ -1,9 +1,9 @@
 """A built-in family of tiny Llama backbones, pre-trained on the spot so fine-tuning them means something.
 
-    scaling backbone tiny                      # → runs/backbones/tiny-llama-{32,64,128}, cached
+    scaling backbone tiny                      # → runs/backbones/tiny-llama-{32,48,64,96,128,192}, cached
 
 Each backbone is a 4-layer Llama (GQA, untied head, the byte tokenizer of :mod:`scaling.train.tokenizers`) at
-one of three widths, pre-trained briefly on synthetic arithmetic of difficulty 2 (data seed 1000) and
+one of six widths, pre-trained briefly on synthetic arithmetic of difficulty 2 (data seed 1000) and
 saved with ``save_pretrained``, so every later step loads it through the same ``from_pretrained``
 path as a real model. Fine-tuning sweeps then train on harder problems (difficulty 3, data seed 0):
 the backbone's hidden states carry digits, operators and the column-by-column format, which the
@@ -20,27 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from scaling import io
+from scaling.arch import TINY_DIR, TINY_WIDTHS, tiny_config
 from scaling.errors import ScalingError
 from scaling.train.data import prepare
 from scaling.train.tokenizers import byte_tokenizer, save_byte_tokenizer
 
-DEFAULT_DIR = Path("runs/backbones")
-TINY_SHAPE = dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
-                  max_position_embeddings=256, tie_word_embeddings=False)  # fmt: skip
-TINY_WIDTHS = {32: 88, 64: 176, 128: 352}  # hidden size → MLP size (≈ 2.75×, Llama's ratio)
+DEFAULT_DIR = Path(TINY_DIR)
 PRETRAIN = dict(corpus="synthetic-arithmetic", difficulty=2, data_seed=1000, seq_len=128,
                 batch=8, lr=3e-3, warmup=10, seed=0)  # fmt: skip
-
-
-def tiny_config(width: int) -> dict[str, Any]:
-    """``config.json`` fields of the tiny Llama of this width."""
-    if width not in TINY_WIDTHS:
-        raise ScalingError(
-            f"no tiny backbone of width {width}; widths: {', '.join(map(str, TINY_WIDTHS))}"
-        )
-    return dict(
-        model_type="llama", hidden_size=width, intermediate_size=TINY_WIDTHS[width], **TINY_SHAPE
-    )
 
 
 def save_random(directory: str | Path, width: int = 128) -> Path:

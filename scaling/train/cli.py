@@ -55,7 +55,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
 def add_backbone(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "family", choices=["tiny"], help="which family (tiny: 4-layer Llamas, widths 32-128)"
+        "family", choices=["tiny"], help="which family (tiny: 4-layer Llamas, widths 32-192)"
     )
     p.add_argument(
         "--out", default="runs/backbones", help="where to save them (default: %(default)s)"

@@ -44,7 +44,7 @@ def test_quickstart_inline_config_is_the_tiny_128_backbone():
 
 
 def test_unknown_width_and_bad_steps(capsys):
-    with pytest.raises(ScalingError, match="widths: 32, 64, 128"):
+    with pytest.raises(ScalingError, match="widths: 32, 48, 64, 96, 128, 192"):
         backbones.tiny_config(256)
     assert cli.main(["backbone", "tiny", "--steps", "0"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
