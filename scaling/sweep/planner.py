@@ -33,6 +33,9 @@ from scaling.sweep.inputs import check_budgets, read_fit, resolve_backbone
 from scaling.sweep.levers import Fitted, fit_to_memory
 from scaling.sweep.spec import SweepSpec, load_spec
 
+BACKBONE_AXES = ("backbone", "total")
+"""N conventions of a fit whose size axis is the backbone: its N*(C) picks backbones, not dials."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Dropped:
@@ -98,28 +101,38 @@ def build_plan(
     cap = flops.parse_bytes(gpu_mem) if gpu_mem else None
     grids = {m: dial_grid(spec, m) for m in spec.methods}
     dials = {m: swept_dial(spec, m) for m in spec.methods}
-    backbones = {
-        b: resolve_backbone(b, spec.backbone_config.get(b)) for b in dict.fromkeys(spec.backbones)
-    }
+    backbones = {ref: resolve_backbone(ref, inline) for ref, inline in spec.backbone_refs().items()}
+    sizes = {ref: flops.backbone_params(arch).total for ref, (arch, _) in backbones.items()}
     costs: dict[tuple, Any] = {}
     runs: list[RunSpec] = []
     dropped: list[Dropped] = []
     warnings: list[str] = []
+    ladder = {}  # method → N*(C) law in backbone parameters: pick family members per budget
     if fits is not None:
         for m in spec.methods:
-            if any(fits.law(m, ref) for ref in backbones):
-                continue
-            why = fits.why_missing(m)
-            warnings.append(
-                f"{m}: the fit has no identified N*(C) law ({why}); its grid is not re-centred"
-                if why
-                else f"{m}: the fit has no entry for it; its grid is not re-centred"
-            )
+            law = _backbone_law(fits, m, sizes, warnings)
+            if law is not None:
+                ladder[m] = law
+            elif not any(fits.law(m, ref) for ref in backbones):
+                why = fits.why_missing(m)
+                warnings.append(
+                    f"{m}: the fit has no identified N*(C) law ({why}); its grid is not re-centred"
+                    if why
+                    else f"{m}: the fit has no entry for it; its grid is not re-centred"
+                )
     for budget in budgets:
         cheapest = math.inf
+        members, on_ladder = {}, {m: [] for m in spec.methods}
+        for m, (A, a) in ladder.items():
+            members[m], notes = nearest_members(sizes, A * budget**a, spec.grid)
+            warnings += [f"{budget_label(budget)} {m}: {w}" for w in notes]
         for ref, (arch, hf_config) in backbones.items():
             for m in spec.methods:
-                found = fits.law(m, ref) if fits is not None else None
+                if m in members and ref not in members[m]:
+                    continue  # a family member far from this budget's N*(C)
+                found = fits.law(m, ref) if fits is not None and m not in ladder else None
+                if found is not None and fits.n.get(found[0]) in BACKBONE_AXES:
+                    found = None  # a law in backbone parameters does not size a dial
                 placed = found is not None and dials[m] is not None
                 cfgs = grids[m]
                 if placed:
@@ -150,9 +163,19 @@ def build_plan(
                     else:
                         kept.append(cost.trainable_params)
                         runs += made
-                where = f"{budget_label(budget)} {ref} {m}"
-                centre = A * budget**a if placed else None
-                warnings += [f"{where}: {w}" for w in grid_warnings(kept, centre)]
+                if kept:
+                    on_ladder[m].append(sizes[ref])
+                if len(backbones) == 1 or len(grids[m]) > 1 or placed:  # a dial grid per backbone
+                    where = f"{budget_label(budget)} {ref} {m}"
+                    centre = A * budget**a if placed else None
+                    warnings += [f"{where}: {w}" for w in grid_warnings(kept, centre)]
+        if len(backbones) > 1:  # the backbone ladder is the size axis
+            for m, held in on_ladder.items():
+                centre = ladder[m][0] * budget ** ladder[m][1] if m in ladder else None
+                if centre is not None and not min(sizes.values()) <= centre <= max(sizes.values()):
+                    centre = None  # already said: the family has no member near it
+                warnings += [f"{budget_label(budget)} {m} across backbones: {w}"
+                             for w in grid_warnings(held, centre)]  # fmt: skip
         if cheapest < math.inf and budget < cheapest * spec.batch_tokens / 2:
             raise ScalingError(
                 f"budget {budget_label(budget)} FLOPs is too small for one optimizer step: the "
@@ -160,6 +183,42 @@ def build_plan(
                 f"of {spec.batch_tokens} tokens"
             )
     return Plan(spec, budgets, runs, dropped, warnings, fit)
+
+
+def _backbone_law(fits, method: str, sizes: dict[str, int],
+                  warnings: list[str]) -> tuple[float, float] | None:  # fmt: skip
+    """The method's N*(C) law when it counts backbone parameters (a fit across a backbone ladder)
+    and this sweep has a ladder to pick from; None otherwise (the dial grid is centred instead)."""
+    if method not in fits.laws or fits.n.get(method) not in BACKBONE_AXES:
+        return None
+    if len(sizes) < 2:
+        warnings.append(
+            f"{method}: the fit's N*(C) counts backbone parameters, but this sweep has one "
+            'backbone: nothing to choose; name a family (backbones = ["family:…"]) to follow it'
+        )
+        return None
+    return fits.laws[method]
+
+
+def nearest_members(sizes: dict[str, int], target: float, grid) -> tuple[set[str], list[str]]:
+    """The backbones nearest ``grid.points`` targets log-spaced over ±``grid.half_width`` decades
+    around ``target`` (N*(C) in backbone parameters), and a note when the family has no member near
+    it (too few members either side is :func:`scaling.sweep.grid.grid_warnings`'s to say).
+
+    The same rule as :func:`scaling.sweep.grid.centred_grid`, with the family's members as the only
+    values: a ladder is discrete, so a budget gets at most ``grid.points`` distinct members."""
+    n, h = grid.points, grid.half_width
+    targets = [target * 10 ** (h * (2 * i / (n - 1) - 1)) if n > 1 else target for i in range(n)]
+    picks = {min(sizes, key=lambda r, t=t: abs(math.log(sizes[r] / t))) for t in targets}
+    lo, hi = min(sizes.values()), max(sizes.values())
+    notes = []
+    if not lo <= target <= hi:
+        side = "larger" if target > hi else "smaller"
+        notes.append(
+            f"N*(C)={target:.3g} backbone parameters lies outside the family [{lo:.3g}, {hi:.3g}]: "
+            f"no member near it, so no interior minimum; add {side} backbones"
+        )
+    return picks, notes
 
 
 def _lr_multipliers(spec: SweepSpec, budget: float, smallest: float, method: str, ref: str,

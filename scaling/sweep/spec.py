@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling import flops, methods
+from scaling.arch import family_members
 from scaling.config import (
     Config,
     check,
@@ -36,6 +37,7 @@ from scaling.sweep.grid import dial_grid, swept_dial
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 LR_WIDTH_RULES = ("inverse", "none")
 LR_PROTOCOLS = ("every_budget", "smallest_budget")
+FAMILY_PREFIX = "family:"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -240,7 +242,10 @@ class SweepSpec(Config):
     name: str = "default"
     """Sweep name: the default output directory is ``runs/<name>`` (default: the spec file's stem)."""
     backbones: list[str] = dataclasses.field(default_factory=lambda: ["qwen2.5-0.5b"])
-    """Backbones: presets, model directories, config.json files or hub names; each is a grid axis."""
+    """Backbones: presets, model directories, config.json files or hub names, or ``family:<name>``
+    for every member of a family (:data:`scaling.arch.FAMILIES`: ``tiny``, ``qwen2.5``,
+    ``llama-3``); each is a grid axis. Across several backbones the fit's size axis is the
+    backbone's parameter count, and ``--from-fit`` picks the members nearest N*(C) per budget."""
     backbone_config: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Inline config.json fields per backbone reference, used while the reference does not resolve."""
     methods: list[str] = dataclasses.field(default_factory=lambda: ["ladder", "qlora"])
@@ -282,6 +287,11 @@ class SweepSpec(Config):
             "backbones must be a non-empty list",
         )
         check(all(isinstance(b, str) for b in self.backbones), "backbones must be strings")
+        refs = [ref for b in self.backbones for ref, _ in _expand(b)]
+        check(
+            len(set(refs)) == len(refs),
+            "backbones lists a backbone twice (after expanding families)",
+        )
         check(
             isinstance(self.methods, list) and self.methods != [],
             "methods must be a non-empty list",
@@ -314,12 +324,24 @@ class SweepSpec(Config):
             "constraints.max_epochs needs dataset.tokens (the size of one epoch)",
         )
 
+    def backbone_refs(self) -> dict[str, dict[str, Any] | None]:
+        """Every backbone reference, families expanded (smallest member first), with the inline
+        ``config.json`` fields that stand in for it until it exists (the spec's own win)."""
+        return {ref: self.backbone_config.get(ref, inline)
+                for b in self.backbones for ref, inline in _expand(b)}  # fmt: skip
+
     def identity(self) -> str:
         """Hash of everything but the budgets and the submission settings: what must match to add
         runs to an existing directory."""
         data = self.to_dict()
         del data["budgets"], data["launch"]
         return digest(data)[:12]
+
+
+def _expand(entry: str) -> list[tuple[str, dict[str, Any] | None]]:
+    if entry.startswith(FAMILY_PREFIX):
+        return family_members(entry.removeprefix(FAMILY_PREFIX))
+    return [(entry, None)]
 
 
 # --------------------------------------------------------------------------------------------------
