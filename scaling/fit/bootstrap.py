@@ -33,6 +33,7 @@ from scaling.fit.frontier import (
 )
 from scaling.fit.identify import ADVICE, approach3_reasons, power_law_reasons
 from scaling.fit.isoflop import OK, IsoFLOPFit, fit_isoflop, isoflop_batch
+from scaling.fit.joint import fit_joint
 from scaling.fit.points import Exclusion, Points
 from scaling.fit.results import (
     ChinchillaFit,
@@ -115,6 +116,7 @@ def fit_method(
         holdout=holdout(points, spec, a3 and a3.theta) if spec.holdout.budgets else None,
         frontier=frontier, notes=tuple(notes), identification=ident,
         optimal_params_reason=opt_reason,
+        joint=fit_joint(points, spec) if spec.joint.enabled else None,
         bootstrap={k: v["info"] for k, v in boot.items()} | {"level": level},
         samples={k: v["params"] | ({"theta": v["theta"]} if "theta" in v else {})
                  for k, v in boot.items()},

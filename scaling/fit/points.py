@@ -86,6 +86,8 @@ class Points:
     size_axis: str = "trainable"
     """What N counts: ``trainable`` parameters, or ``backbone`` parameters when the method's runs
     span a ladder of backbones (``n = "auto"``)."""
+    P: np.ndarray | None = None
+    """Trainable (PEFT) parameters of each point when N counts the backbone's (else None)."""
 
     @property
     def fpt(self) -> np.ndarray:
@@ -102,7 +104,7 @@ class Points:
         return Points(
             self.method, self.run_id[keep], self.N[keep], self.D[keep], self.C[keep],
             self.L[keep], np.array([remap[g] for g in self.group[keep]], dtype=int),
-            self.budgets[groups], self.size_axis,
+            self.budgets[groups], self.size_axis, None if self.P is None else self.P[keep],
         )  # fmt: skip
 
 
@@ -182,6 +184,7 @@ def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -
             raise ScalingError(f"column '{name}' of {source} is not numeric: {e}") from None
 
     N, L = numeric(cols.params), numeric(cols.loss)
+    trainable = N.copy()
     if "backbone" in size_axis.values():
         by_backbone = np.array([size_axis[m] == "backbone" for m in method])
         N = np.where(by_backbone, numeric(cols.backbone_params), N)
@@ -251,8 +254,9 @@ def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -
     for m in sorted(set(method[keep])):
         sel = keep & (method == m)
         group, budgets = _budgets(C[sel], budget[sel], spec.budget_tol)
+        axis = size_axis.get(m, "trainable")
         points[m] = Points(m, run_id[sel], N[sel], D[sel], C[sel], L[sel], group, budgets,
-                           size_axis=size_axis.get(m, "trainable"))  # fmt: skip
+                           axis, trainable[sel] if axis == "backbone" else None)  # fmt: skip
     return Prepared(points, exclusions, warnings, best_lr)
 
 

@@ -190,6 +190,7 @@ def summary(report: FitReport) -> str:
         lines += ["", "held-out check (fit on the smaller budgets, predict the largest):"]
         lines += _table(("method", "held out C", "train/test", "A3 MAPE", "A3 bias",
                          "A2 L* error", "A2 N* ratio", "note"), rows)  # fmt: skip
+    lines += _joint(report)
     preds = [(m, q) for m, mf in report.methods.items() for q in mf.predictions]
     if preds:
         lines += ["", "predictions:"]
@@ -222,6 +223,42 @@ def summary(report: FitReport) -> str:
     if notes or report.warnings:
         lines += ["", "notes:"] + [f"  {n}" for n in [*report.warnings, *notes]]
     return "\n".join(lines)
+
+
+def _joint(report: FitReport) -> list[str]:
+    """The joint laws per method, their held-out errors and the form the data prefer."""
+    rows, verdicts = [], []
+    for m, mf in report.methods.items():
+        j = mf.joint
+        if j is None:
+            continue
+        for f in j.fits:
+            p = f.params
+            rows.append((m, f.form, _g(p.get("E"), 4), _g(p.get("A")), _g(p.get("alpha")),
+                         _g(p.get("B")), _g(p.get("beta")), _g(p.get("G")), _g(p.get("gamma")),
+                         "-" if f.holdout_mape is None else f"{f.holdout_mape:.2%}",
+                         "-" if f.holdout_bias is None else f"{f.holdout_bias:+.2%}",
+                         ("preferred" if f.form == j.preferred else "")
+                         + (f"; on a bound: {','.join(f.bound_hits)}" if f.bound_hits else "")
+                         + (f"; {f.reason}" if f.reason else "")))  # fmt: skip
+        pref = j.get(j.preferred) if j.preferred else None
+        if pref is None:
+            verdicts.append(f"  {m}: {j.reason}")
+            continue
+        text = f"  {m}: the data prefer {pref.form} ({j.reason})"
+        if pref.isoflop_direction is not None:
+            text += (f"; under it the isoFLOP loss is monotone in N (N^(β−α), β−α = "
+                     f"{pref.params['beta'] - pref.params['alpha']:+.3g}): the compute-optimal "
+                     f"size is the {pref.isoflop_direction} one, not an interior N*(C)")  # fmt: skip
+        verdicts.append(text)
+    if not rows:
+        return []
+    return (["", "joint laws (all budgets; held-out: refitted without the largest, predicting it):",
+             "  additive L = E + A·N^−α + B·D^−β (+ G·P^−γ); multiplicative L = E + A·N^−α·D^−β "
+             "(·P^−γ) (Zhang et al. 2024)"]
+            + _table(("method", "form", "E", "A", "α", "B", "β", "G", "γ", "held-out MAPE",
+                      "bias", ""), rows)
+            + verdicts)  # fmt: skip
 
 
 def _identified(mf, approach: str) -> str:

@@ -193,6 +193,8 @@ class MethodFit:
     best_lr_multiplier: float | None = None
     """Median best learning-rate multiplier at the smallest budget (a swept learning-rate grid):
     what ``sweep --from-fit`` carries up the budgets under ``lr_protocol = "smallest_budget"``."""
+    joint: Any = None
+    """The joint laws' comparison (:class:`scaling.fit.joint.JointComparison`), or None."""
     samples: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict, repr=False)
     """Bootstrap draws the comparison reads: ``approach3`` → {"theta": (R, 5)}; ``approach2`` /
     ``approach1`` → {"E", "A", "alpha"} of L*(C) (R,) each, plus every exponent's draws."""
@@ -211,6 +213,7 @@ class MethodFit:
             "approach1": self.approach1 and self.approach1.to_json(),
             "predictions": [q.to_json() for q in self.predictions],
             "holdout": self.holdout and self.holdout.to_json(),
+            "joint": self.joint and self.joint.to_json(),
             "bootstrap": self.bootstrap, "notes": list(self.notes),
         }  # fmt: skip
 

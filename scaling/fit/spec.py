@@ -6,7 +6,7 @@
 
 A spec states only its differences from the defaults below; unknown keys are errors that list the valid
 ones (:class:`scaling.config.Config`). Sections: ``[approach1]``, ``[approach2]``, ``[approach3]``,
-``[bootstrap]``, ``[holdout]``, ``[compare]``.
+``[bootstrap]``, ``[holdout]``, ``[joint]``, ``[compare]``.
 """
 
 from __future__ import annotations
@@ -128,6 +128,17 @@ class HoldoutSpec(Config):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class JointSpec(Config):
+    """Joint laws (:mod:`scaling.fit.joint`): additive and multiplicative forms, and their +peft
+    versions when the PEFT size varies apart from the backbone, compared on the held-out budgets."""
+
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.enabled, bool), "joint.enabled must be true or false")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class CompareSpec(Config):
     """Method comparison: frontiers, compute multipliers, crossovers."""
 
@@ -147,6 +158,7 @@ SECTIONS: dict[str, type[Config]] = {
     "approach3": Approach3Spec,
     "bootstrap": BootstrapSpec,
     "holdout": HoldoutSpec,
+    "joint": JointSpec,
     "compare": CompareSpec,
 }
 
@@ -184,6 +196,7 @@ class FitSpec(Config):
     approach3: Approach3Spec = dataclasses.field(default_factory=Approach3Spec)
     bootstrap: BootstrapSpec = dataclasses.field(default_factory=BootstrapSpec)
     holdout: HoldoutSpec = dataclasses.field(default_factory=HoldoutSpec)
+    joint: JointSpec = dataclasses.field(default_factory=JointSpec)
     compare: CompareSpec = dataclasses.field(default_factory=CompareSpec)
 
     def __post_init__(self) -> None:

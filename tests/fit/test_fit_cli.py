@@ -65,6 +65,7 @@ def test_fit_a_sweep_directory(sweep_dir, tmp_path, capsys):
     assert "approach 3: L(N, D) = E + A/N^α + B/D^β" in text
     assert "excluded (1):" in text and "diverged: simulated diverged" in text
     assert "predictions:" in text and "method comparison" in text
+    assert "joint laws (all budgets; held-out" in text and "ladder: the data prefer " in text
     assert "memory-aware advice (4MB):" in text and "lora at C=1e+14: rank=" in text
     data = json.loads((out / "fits.json").read_text())
     assert set(data["methods"]) == {"ladder", "lora"}
@@ -73,6 +74,9 @@ def test_fit_a_sweep_directory(sweep_dir, tmp_path, capsys):
         assert {"E", "A", "B", "alpha", "beta", "ci", "starts", "bound_hits"} <= set(m["approach3"])
         assert m["approach3"]["ci"]["alpha"][0] <= m["approach3"]["alpha"]
         assert m["holdout"]["mape"] < 0.05
+        # Simulated from Chinchilla's additive law: the held-out comparison says so.
+        assert m["joint"]["preferred"] == "additive"
+        assert set(m["joint"]["forms"]) == {"additive", "multiplicative"}
         assert {p["approach"] for p in m["predictions"]} == {"approach1", "approach2", "approach3"}
         assert m["advice"][0]["best_fitting"]["fits"] and m["advice"][0]["C"] == 1e14
     assert data["settings"]["bootstrap"]["resamples"] == 30
