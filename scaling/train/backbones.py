@@ -3,11 +3,14 @@
     scaling backbone tiny                      # → runs/backbones/tiny-llama-{32,48,64,96,128,192}, cached
 
 Each backbone is a 4-layer Llama (GQA, untied head, the byte tokenizer of :mod:`scaling.train.tokenizers`) at
-one of six widths, pre-trained briefly on synthetic arithmetic of difficulty 2 (data seed 1000) and
-saved with ``save_pretrained``, so every later step loads it through the same ``from_pretrained``
-path as a real model. Fine-tuning sweeps then train on harder problems (difficulty 3, data seed 0):
-the backbone's hidden states carry digits, operators and the column-by-column format, which the
-side network or adapter must adapt — a random backbone would leave Ladder's ladders nothing to read.
+one of six widths, pre-trained briefly on synthetic addition and subtraction of difficulty 2 (data
+seed 1000) and saved with ``save_pretrained``, so every later step loads it through the same
+``from_pretrained`` path as a real model. Fine-tuning sweeps then train on harder problems that also
+multiply (difficulty 3, data seed 0): the backbone's hidden states carry digits, operators and the
+column-by-column format, which the side network or adapter must adapt, and multiplication is a
+skill only fine-tuning teaches — so fine-tuning tokens matter beside backbone size, which is what
+gives an isoFLOP sweep over the family an interior optimum (a random backbone would leave Ladder's
+ladders nothing to read; a backbone already fluent in the task would leave the tokens nothing to do).
 
 A backbone is rebuilt only when its ``pretrain.json`` differs from what is asked (or ``force``).
 """
@@ -26,7 +29,7 @@ from scaling.train.data import prepare
 from scaling.train.tokenizers import byte_tokenizer, save_byte_tokenizer
 
 DEFAULT_DIR = Path(TINY_DIR)
-PRETRAIN = dict(corpus="synthetic-arithmetic", difficulty=2, data_seed=1000, seq_len=128,
+PRETRAIN = dict(corpus="synthetic-arithmetic", difficulty=2, ops="+-", data_seed=1000, seq_len=128,
                 batch=8, lr=3e-3, warmup=10, seed=0)  # fmt: skip
 
 
@@ -67,7 +70,7 @@ def pretrain(directory: str | Path, width: int, steps: int, *, force: bool = Fal
     corpus = {"name": PRETRAIN["corpus"], "path": None, "tokens": None, "split": "train",
               "text_field": "text", "prompt_field": "prompt", "response_field": "response",
               "eval_sequences": 8, "seed": PRETRAIN["data_seed"],
-              "difficulty": PRETRAIN["difficulty"]}  # fmt: skip
+              "difficulty": PRETRAIN["difficulty"], "ops": PRETRAIN["ops"]}  # fmt: skip
     b, seq = PRETRAIN["batch"], PRETRAIN["seq_len"]
     tokens = prepare(corpus, tokenizer, seq_len=seq, train_sequences=steps * b, max_epochs=None)
     opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"], weight_decay=0.1)

@@ -44,7 +44,7 @@ import numpy as np
 import polars as pl
 
 from scaling.errors import ScalingError, one_line
-from scaling.train.synthetic import SYNTHETIC, arithmetic_example
+from scaling.train.synthetic import OPS, SYNTHETIC, arithmetic_example
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -229,7 +229,12 @@ def _synthetic_tokens(
     n, batch = 0, 256
     while True:
         examples = [
-            arithmetic_example(i, difficulty=dataset["difficulty"], seed=dataset["seed"])
+            arithmetic_example(
+                i,
+                difficulty=dataset["difficulty"],
+                seed=dataset["seed"],
+                ops=dataset.get("ops", OPS),
+            )  # fmt: skip
             for i in range(n, n + batch)
         ]
         prompts, responses = [e["prompt"] for e in examples], [e["response"] for e in examples]

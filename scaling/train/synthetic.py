@@ -12,8 +12,15 @@ import random
 SYNTHETIC = "synthetic-arithmetic"
 
 
-def synthetic_arithmetic(n: int, *, difficulty: int, seed: int) -> list[dict[str, str]]:
-    """``n`` prompt/response examples: ``a+b``, ``a-b`` (a ≥ b) or ``a*d`` (d one digit).
+OPS = "+-*"
+
+
+def synthetic_arithmetic(
+    n: int, *, difficulty: int, seed: int, ops: str = OPS
+) -> list[dict[str, str]]:
+    """``n`` prompt/response examples: ``a+b``, ``a-b`` (a ≥ b) or ``a*d`` (d one digit), the
+    operation drawn from ``ops`` (the tiny backbones pre-train on ``+-`` only, so multiplication is
+    a skill the fine-tuning must teach).
 
     Operands have 1 to ``difficulty`` digits. The response works column by column from the units, one
     line per column with its carry or borrow (each line's ``expr=value`` is true arithmetic), then the
@@ -28,7 +35,7 @@ def synthetic_arithmetic(n: int, *, difficulty: int, seed: int) -> list[dict[str
     Example ``i`` comes from its own RNG keyed by ``(seed, i)``, so the first k of n examples are the
     same for every n ≥ k.
     """
-    return [arithmetic_example(i, difficulty=difficulty, seed=seed) for i in range(n)]
+    return [arithmetic_example(i, difficulty=difficulty, seed=seed, ops=ops) for i in range(n)]
 
 
 def _operand(rng: random.Random, difficulty: int) -> int:
@@ -68,9 +75,11 @@ def _borrow_steps(pairs: list[tuple[int, int]]) -> list[str]:
     return steps
 
 
-def arithmetic_example(i: int, *, difficulty: int, seed: int) -> dict[str, str]:
+def arithmetic_example(i: int, *, difficulty: int, seed: int, ops: str = OPS) -> dict[str, str]:
+    if not ops or set(ops) - set(OPS):
+        raise ValueError(f"ops must be drawn from {OPS!r}; got {ops!r}")
     rng = random.Random(f"{SYNTHETIC}/{seed}/{i}")  # str seeds hash with SHA-512: stable everywhere
-    op = rng.choice("+-*")
+    op = rng.choice(ops)
     a = _operand(rng, difficulty)
     if op == "*":
         b = rng.randint(0, 9)

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from scaling import flops, methods, sweep
-from scaling.arch import resolve_arch
+from scaling.arch import resolve_arch, tiny_config
 from scaling.errors import ScalingError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,9 +87,11 @@ def test_quickstart_is_cpu_sized():
     assert sum(r.realised_flops for r in runs) < 2e13  # minutes on two CPU cores
     assert {r.method for r in runs} == {"ladder", "xladder", "qlora"}
     assert len({r.budget for r in runs}) >= 3
-    for method in ("ladder", "xladder", "qlora"):
-        dials = {r.dial for r in runs if r.method == method}
-        assert len(dials) >= 4, (method, dials)
+    for method in ("ladder", "xladder", "qlora"):  # the tiny family is the size axis
+        sizes = {r.backbone_params for r in runs if r.method == method}
+        assert len(sizes) == 6, (method, sizes)
+        for budget in {r.budget for r in runs}:
+            assert len({r.backbone for r in runs if (r.method, r.budget) == (method, budget)}) >= 4
 
 
 def test_realistic_spec_spans_1e17_to_1e19_with_both_methods():
@@ -510,7 +512,15 @@ def test_run_ids_survive_new_dials_at_their_old_values():
     (and one learning rate for every side width) they leave Ladder's ids as they were (these ids are
     from a plan made before they existed); QLoRA's reference defaults (prepare_kbit,
     paged_adamw_32bit, rsLoRA) are a different baseline, with new ids."""
-    spec = sweep.load_spec(ROOT / "sweeps/quickstart.toml", optimizer={"lr_width_rule": "none"})
+    old_quickstart = dict(  # sweeps/quickstart.toml as it was: one backbone, dial grids
+        backbones=["runs/backbones/tiny-llama-128"], budgets=[4e10, 1.2e11, 4e11],
+        backbone_config={"runs/backbones/tiny-llama-128": tiny_config(128)},
+        method={"ladder": {"reduction": [1, 2, 4, 8, 16]},
+                "xladder": {"reduction": [1, 2, 4, 8, 16], "delta": 2},
+                "qlora": {"rank": [1, 2, 4, 8, 32]}},
+        dataset={"tokens": 5e5}, optimizer={"lr_width_rule": "none"},
+    )  # fmt: skip
+    spec = sweep.load_spec(ROOT / "sweeps/quickstart.toml", **old_quickstart)
     p = sweep.build_plan(spec)
     ids = {r.run_id for r in p.runs}
     assert {"ladder-r1-4e10-s0-4793e97f", "ladder-r2-4e10-s0-f0e9b175",

@@ -35,12 +35,12 @@ def test_pretrained_tiny_backbone_loads_like_a_user_model_and_is_cached(tmp_path
     assert (path / "model.safetensors").stat().st_mtime_ns != stamp
 
 
-def test_quickstart_inline_config_is_the_tiny_128_backbone():
+def test_quickstart_plans_the_tiny_family_this_module_builds():
     from scaling.sweep import load_spec
 
-    spec = load_spec("sweeps/quickstart.toml")
-    inline = spec.backbone_config["runs/backbones/tiny-llama-128"]
-    assert inline == backbones.tiny_config(128)
+    refs = load_spec("sweeps/quickstart.toml").backbone_refs()
+    assert refs == {str(backbones.DEFAULT_DIR / f"tiny-llama-{w}"): backbones.tiny_config(w)
+                    for w in backbones.TINY_WIDTHS}  # fmt: skip
 
 
 def test_unknown_width_and_bad_steps(capsys):

@@ -118,6 +118,15 @@ def test_synthetic_answers_and_steps_are_right(difficulty):
     assert ops == {"+", "-", "*"}
 
 
+def test_synthetic_ops_restrict_the_operations_and_leave_the_default_alone():
+    both = synthetic_arithmetic(200, difficulty=3, seed=0, ops="+-*")
+    assert both == synthetic_arithmetic(200, difficulty=3, seed=0)  # the default is unchanged
+    no_mul = synthetic_arithmetic(200, difficulty=3, seed=0, ops="+-")
+    assert {re.search(r"[+*-]", e["prompt"][3:]).group() for e in no_mul} == {"+", "-"}
+    with pytest.raises(ValueError, match="ops must be drawn from"):
+        synthetic_arithmetic(1, difficulty=3, seed=0, ops="/")
+
+
 # --- masking, packing, held-out split -----------------------------------------------------------------
 
 
