@@ -3,12 +3,15 @@
     python docs/generate.py            # rewrite the blocks between <!-- generated:NAME --> markers
     python docs/generate.py --check    # exit 1 if the README is out of date (tests/test_docs.py)
 
-Each block is produced by a function below from :mod:`scaling.flops` alone (torch-free, instant).
+Each block is produced by a function below: from :mod:`scaling.flops` alone (torch-free, instant), or
+from the committed quickstart record (docs/quickstart/fits.json, written by docs/quickstart.py, and
+timing.json, written by bench/demo_time.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -17,6 +20,7 @@ from scaling import flops, methods
 from scaling.arch import resolve_arch
 
 ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "docs" / "quickstart"
 CARD = 12e9
 
 MEMORY_ROWS = (
@@ -73,7 +77,52 @@ def memory_7b() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"memory-7b": memory_7b}
+def _ci(value, ci) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:.3g}"
+    return text + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci and None not in ci else "")
+
+
+def quickstart() -> str:
+    """The committed quickstart fit (docs/quickstart/fits.json) and demo timing (timing.json)."""
+    fits = json.loads((QUICKSTART / "fits.json").read_text())
+    lines = [
+        "| method | runs | N\\*(C) exponent a, approach 2 | approach 3 | L\\*(C) exponent γ, approach 2 "
+        "| E (approach 3) | held-out error (approach 3) | joint law preferred (held-out error) "
+        "| identified |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in fits["methods"].items():
+        a2, a3 = m.get("approach2") or {}, m.get("approach3") or {}
+        n2, loss = a2.get("n_opt") or {}, a2.get("loss") or {}
+        n3 = a3.get("n_opt") or {}
+        joint = m.get("joint") or {}
+        pref = joint.get("preferred")
+        pref_text = "–" if pref is None else (
+            f"{pref} ({joint['forms'][pref]['holdout_mape']:.1%})")  # fmt: skip
+        held = (m.get("holdout") or {}).get("mape")
+        ident = [k for k, ok in m["identified"].items() if ok]
+        lines.append(
+            f"| {name} | {m['n_points']} | {_ci(n2.get('a'), (n2.get('ci') or {}).get('a'))} "
+            f"| {_ci(n3.get('a'), (n3.get('ci') or {}).get('a'))} "
+            f"| {_ci(loss.get('alpha'), (loss.get('ci') or {}).get('alpha'))} "
+            f"| {_ci(a3.get('E'), (a3.get('ci') or {}).get('E'))} "
+            f"| {'–' if held is None else f'{held:.1%}'} | {pref_text} "
+            f"| {', '.join(ident) or 'none'} |"
+        )
+    t = json.loads((QUICKSTART / "timing.json").read_text())
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in t["phases_s"].items())
+    lines += [
+        "",
+        f"`make demo` on a fresh clone took **{t['total_s'] / 60:.1f} min** ({t['total_s']:.0f} s: "
+        f"install {t['install_s']:.0f} s; {phases}) on {t['cores']} cores of an {t['cpu']} "
+        f"(`bench/demo_time.py`, commit {t['commit'][:7]}).",
+    ]
+    return "\n".join(lines)
+
+
+BLOCKS = {"memory-7b": memory_7b, "quickstart": quickstart}
 
 
 def render(text: str) -> str:
