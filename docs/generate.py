@@ -111,6 +111,8 @@ def quickstart() -> str:
             f"| {'–' if held is None else f'{held:.1%}'} | {pref_text} "
             f"| {', '.join(ident) or 'none'} |"
         )
+    lines += ["", "Lowest loss per budget (the isoFLOP minimum over the family; backbone width, budget in "
+              "FLOPs): " + minima()]
     t = json.loads((QUICKSTART / "timing.json").read_text())
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in t["phases_s"].items())
     lines += [
@@ -120,6 +122,20 @@ def quickstart() -> str:
         f"(`bench/demo_time.py`, commit {t['commit'][:7]}).",
     ]
     return "\n".join(lines)
+
+
+def minima() -> str:
+    """Per method, the backbone with the lowest final loss at each budget, from the committed runs."""
+    import polars as pl
+
+    runs = pl.read_parquet(QUICKSTART / "runs.parquet").filter(pl.col("status") == "success")
+    parts = []
+    for (method,), group in sorted(runs.group_by("method"), key=lambda kv: kv[0]):
+        best = group.sort("final_eval_loss").group_by("budget", maintain_order=True).first()
+        steps = [f"{r['budget']:.2g} → {r['backbone'].rsplit('-', 1)[-1]}"
+                 for r in best.sort("budget").iter_rows(named=True)]  # fmt: skip
+        parts.append(f"{method} " + ", ".join(steps))
+    return "; ".join(parts) + "."
 
 
 BLOCKS = {"memory-7b": memory_7b, "quickstart": quickstart}

@@ -31,10 +31,14 @@ def export(run_dir: Path, out: Path = OUT) -> None:
     from scaling.fit import collect
     from scaling.io import atomic_dir
 
+    import polars as pl
+
     c = collect.collect([run_dir], cache=False)
     out.mkdir(parents=True, exist_ok=True)
+    # Where the run lay on the machine that made it is nobody's business: the path `make demo` uses.
+    runs = c.runs.with_columns(pl.lit("runs/quickstart").alias("source"))
     with atomic_dir(out / ".tables") as tmp:
-        c.runs.write_parquet(tmp / "runs.parquet")
+        runs.write_parquet(tmp / "runs.parquet")
         if c.curves is not None:
             c.curves.write_parquet(tmp / "curves.parquet")
     for name in ("runs.parquet", "curves.parquet"):

@@ -12,8 +12,6 @@ with isoFLOP lines and the compute-optimal path) and, with per-step logs, ``enve
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +23,7 @@ import numpy as np  # noqa: E402
 
 from scaling.fit.approach3 import residuals as resid  # noqa: E402
 from scaling.fit.results import FitReport  # noqa: E402
+from scaling.io import atomic_path  # noqa: E402
 
 STYLE = {"approach3": "-", "approach2": "--", "approach1": ":"}
 LABEL = {"approach3": "approach 3 (L(N,D))", "approach2": "approach 2 (isoFLOP minima)",
@@ -240,14 +239,8 @@ def save_all(report: FitReport, out: str | Path) -> list[Path]:
         try:
             for ext in ("png", "pdf"):
                 path = out / f"{name}.{ext}"
-                fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=f".{ext}")
-                os.close(fd)
-                try:
+                with atomic_path(path) as tmp:
                     fig.savefig(tmp, dpi=110, format=ext)
-                    os.replace(tmp, path)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
                 written.append(path)
         finally:
             plt.close(fig)

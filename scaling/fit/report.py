@@ -10,14 +10,12 @@ Every file is written atomically (a temporary file in the same folder, then a re
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from scaling.fit.results import FitReport
-from scaling.io import write_json, write_text
+from scaling.io import write_json, write_parquet, write_text
 
 
 def frontier_table(report: FitReport):
@@ -45,24 +43,13 @@ def write_outputs(report: FitReport, out: str | Path, *, plots: bool = True) -> 
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "fits.json", out / "frontier.parquet", out / "summary.txt"]
     write_json(written[0], clean_json(report.to_json()))
-    _atomic(written[1], lambda p: frontier_table(report).write_parquet(p))
+    write_parquet(frontier_table(report), written[1])
     write_text(written[2], summary(report) + "\n")
     if plots:
         from scaling.fit import plots as plots_mod
 
         written += plots_mod.save_all(report, out)
     return written
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def clean_json(obj):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import numpy as np
 from scaling import flops, methods, sweep
 from scaling.arch import Arch
 from scaling.fit.frontier import fit_flops_model, optimal_allocation
-from scaling.io import write_json
+from scaling.io import write_json, write_parquet
 
 TINY_LLAMA = dict(model_type="llama", hidden_size=128, intermediate_size=352, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
@@ -173,6 +172,4 @@ def _write_metrics(path: Path, r: sweep.RunSpec, law: Law, factor: float, evals:
                          "tokens_per_s": 1e4 if kind == "train" else None,
                          "peak_memory_bytes": r.peak_memory_bytes if kind == "train" else None,
                          "wall_s": float(s) if kind == "train" else None})  # fmt: skip
-    tmp = path.with_name(f".{path.name}.tmp")
-    pl.DataFrame(rows, infer_schema_length=None).write_parquet(tmp)
-    os.replace(tmp, path)
+    write_parquet(pl.DataFrame(rows, infer_schema_length=None), path)

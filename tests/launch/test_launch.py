@@ -17,6 +17,7 @@ import pytest
 
 from scaling import cli as scaling_cli
 from scaling import launch, sweep
+from scaling.arch import tiny_config
 from scaling.errors import ScalingError
 from scaling.io import write_json
 from scaling.launch import cli as launch_cli
@@ -66,6 +67,8 @@ def run_dir(tmp_path) -> Path:
     """The quickstart sweep at one budget: 6 planned runs (inline backbone config, no model)."""
     three = {"reduction": [2, 4, 8]}  # pinned here so the quickstart's own grid may change
     spec = sweep.load_spec(Path(__file__).parents[2] / "sweeps/quickstart.toml",
+                           backbones=["runs/backbones/tiny-llama-128"],
+                           backbone_config={"runs/backbones/tiny-llama-128": tiny_config(128)},
                            methods=["ladder", "xladder"], method={"ladder": three, "xladder": three})  # fmt: skip
     plan = sweep.build_plan(spec, [1e11])
     sweep.write(plan, tmp_path / "rd")

@@ -121,7 +121,9 @@ def test_from_fit_says_when_the_family_has_no_member_near_n_star():
 
 
 def test_backbone_law_never_sizes_a_dial_on_one_backbone():
-    spec = sweep.load_spec("sweeps/quickstart.toml", backbones=["runs/backbones/tiny-llama-128"],
+    ref = "runs/backbones/tiny-llama-128"
+    spec = sweep.load_spec("sweeps/quickstart.toml", backbones=[ref],
+                           backbone_config={ref: tiny_config(128)},
                            method={"ladder": {"reduction": [2, 4, 8]}})  # fmt: skip
     before = sweep.build_plan(spec)
     fit = {"methods": {"ladder": {"optimal_params": {"A": 1e-3, "a": 0.5, "n": "backbone"}}}}

@@ -518,7 +518,7 @@ def test_run_ids_survive_new_dials_at_their_old_values():
         method={"ladder": {"reduction": [1, 2, 4, 8, 16]},
                 "xladder": {"reduction": [1, 2, 4, 8, 16], "delta": 2},
                 "qlora": {"rank": [1, 2, 4, 8, 32]}},
-        dataset={"tokens": 5e5}, optimizer={"lr_width_rule": "none"},
+        dataset={"tokens": 5e5, "eval_sequences": 32}, optimizer={"lr_width_rule": "none"},
     )  # fmt: skip
     spec = sweep.load_spec(ROOT / "sweeps/quickstart.toml", **old_quickstart)
     p = sweep.build_plan(spec)
