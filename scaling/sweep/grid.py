@@ -116,6 +116,12 @@ def dial_values(dial: str, arch: Arch) -> list[int]:
     return []
 
 
+def grid_targets(target: float, grid: GridSpec) -> list[float]:
+    """``grid.points`` sizes log-spaced over ±``grid.half_width`` decades around ``target``."""
+    n, h = grid.points, grid.half_width
+    return [target * 10 ** (h * (2 * i / (n - 1) - 1)) if n > 1 else target for i in range(n)]
+
+
 def centred_grid(
     base: list[methods.MethodConfig], arch: Arch, seq_len: int, target: float, grid: GridSpec,
     dial: str | None = None,
@@ -127,8 +133,7 @@ def centred_grid(
     values = dial_values(dial, arch)
     if not values:
         raise ScalingError(f"cannot centre dial {dial!r} on a fit")
-    n, h = grid.points, grid.half_width
-    targets = [target * 10 ** (h * (2 * i / (n - 1) - 1)) if n > 1 else target for i in range(n)]
+    targets = grid_targets(target, grid)
     out: list[methods.MethodConfig] = []
     for cfg in dict.fromkeys(b.replace(**{dial: getattr(type(b)(), dial)}) for b in base):
         sized = []

@@ -28,7 +28,7 @@ from typing import Any
 from scaling import flops, methods
 from scaling.errors import ScalingError
 from scaling.runspec import RunSpec, budget_label, run_id
-from scaling.sweep.grid import centred_grid, dial_grid, grid_warnings, swept_dial
+from scaling.sweep.grid import centred_grid, dial_grid, grid_targets, grid_warnings, swept_dial
 from scaling.sweep.inputs import check_budgets, read_fit, resolve_backbone
 from scaling.sweep.levers import Fitted, fit_to_memory
 from scaling.sweep.spec import SweepSpec, load_spec
@@ -207,9 +207,8 @@ def nearest_members(sizes: dict[str, int], target: float, grid) -> tuple[set[str
 
     The same rule as :func:`scaling.sweep.grid.centred_grid`, with the family's members as the only
     values: a ladder is discrete, so a budget gets at most ``grid.points`` distinct members."""
-    n, h = grid.points, grid.half_width
-    targets = [target * 10 ** (h * (2 * i / (n - 1) - 1)) if n > 1 else target for i in range(n)]
-    picks = {min(sizes, key=lambda r, t=t: abs(math.log(sizes[r] / t))) for t in targets}
+    picks = {min(sizes, key=lambda r, t=t: abs(math.log(sizes[r] / t)))
+             for t in grid_targets(target, grid)}  # fmt: skip
     lo, hi = min(sizes.values()), max(sizes.values())
     notes = []
     if not lo <= target <= hi:
