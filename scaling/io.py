@@ -1,13 +1,23 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic writes: a reader sees the old file or the new one, never half of either; strict JSON; and
+the OS locks that keep two processes off one run or sweep directory.
+
+    >>> from scaling import io
+    >>> io.write_json("result.json", {"loss": float("nan")})   # {"loss": null, "non_finite": ["loss"]}
+    >>> with io.exclusive_lock(run / ".lock", "run ladder-…"):   # one trainer per run, never stale
+    ...     train()
+    >>> io.is_locked(run / ".lock")                                 # what `scaling status` asks
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +63,26 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """Strict JSON (RFC 8259 has no NaN or Infinity): non-finite numbers are written as null, and a
+    dict names the keys that held one in ``non_finite`` (dotted paths), so nothing is silently lost."""
+    flagged: list[str] = []
+    clean = _finite(data, "", flagged)
+    if flagged and isinstance(clean, dict):
+        clean["non_finite"] = sorted(set(clean.get("non_finite") or []) | set(flagged))
+    write_text(
+        path, json.dumps(clean, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+    )
+
+
+def _finite(obj: Any, where: str, flagged: list[str]) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        flagged.append(where or "value")
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), flagged) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]", flagged) for i, v in enumerate(obj)]
+    return obj
 
 
 def write_parquet(frame: Any, path: str | Path) -> None:
@@ -63,12 +92,15 @@ def write_parquet(frame: Any, path: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, owned: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; on success it replaces ``path`` in one rename.
 
-    On any exception the temporary folder is removed and ``path`` is left as it was.
+    On any exception the temporary folder is removed and ``path`` is left as it was. An existing
+    ``path`` is replaced only when it is empty or ``owned(path)`` says it is this tool's own output;
+    anything else (a user's folder, a file) is refused with a ScalingError before anything is written.
     """
     path = Path(path)
+    check_replaceable(path, owned)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
@@ -85,6 +117,61 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_replaceable(path: Path, owned: Callable[[Path], bool] | None = None) -> None:
+    """Raise unless ``path`` is absent, an empty folder, or a folder ``owned`` recognises."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise ScalingError(f"{path} exists and is not a folder: refusing to replace it")
+    if path.is_dir() and any(path.iterdir()) and not (owned is not None and owned(path)):
+        raise ScalingError(
+            f"{path} is a non-empty folder this tool did not write: refusing to replace it "
+            "(choose another path, or empty it yourself)"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Locks
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive OS lock (``flock``) on ``path`` for the block, or raise a one-line
+    ScalingError if another process (or another open of it here) holds it.
+
+    The lock belongs to the open file: the kernel drops it when the holder exits, however it dies
+    (kill -9 included), so it is never stale and needs no pid bookkeeping. The lock file itself stays
+    (removing it would race with a waiter that opened it). Not for NFS mounts without lock support."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ScalingError(f"{what} is in use by another process (lock {path})") from None
+        os.ftruncate(fd, 0)
+        os.write(
+            fd, f"{os.getpid()}\n".encode()
+        )  # who holds it, for a human; the lock is the truth
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_locked(path: str | Path) -> bool:
+    """Whether some process holds :func:`exclusive_lock` on ``path`` right now."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing also releases the probe's own lock
+    return False
 
 
 def read_json(path: str | Path, what: str) -> Any:

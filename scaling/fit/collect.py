@@ -98,7 +98,7 @@ def collect_dir(run_dir: str | Path, *, cache: bool = True) -> Collected:
     result = Collected(runs, curves, [str(root)], warnings)
     if cache:
         try:
-            with atomic_dir(root / CACHE_DIR) as tmp:
+            with atomic_dir(root / CACHE_DIR, owned=lambda p: (p / "key.json").is_file()) as tmp:
                 runs.write_parquet(tmp / "runs.parquet")
                 if curves is not None:
                     curves.write_parquet(tmp / "curves.parquet")

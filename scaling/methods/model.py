@@ -52,7 +52,7 @@ class MethodModel(nn.Module):
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the trained parts and ``scaling_method.json`` atomically into ``directory``."""
-        with io.atomic_dir(directory) as tmp:
+        with io.atomic_dir(directory, owned=lambda p: (p / METHOD_FILE).is_file()) as tmp:
             self.save_weights(tmp)
             io.write_json(
                 tmp / METHOD_FILE,

@@ -51,7 +51,7 @@ def write(p: Plan, out: str | Path) -> list[RunSpec]:
     if not new:
         return []
     for r in new:
-        with atomic_dir(out / "runs" / r.run_id) as tmp:
+        with atomic_dir(out / "runs" / r.run_id, owned=lambda p: (p / SPEC_FILE).is_file()) as tmp:
             write_json(tmp / SPEC_FILE, r.to_json())
     rows = pl.DataFrame([r.manifest_row() for r in new], infer_schema_length=None)
     merged = pl.concat([manifest, rows], how="diagonal_relaxed")

@@ -33,6 +33,11 @@ PRETRAIN = dict(corpus="synthetic-arithmetic", difficulty=2, ops="+-", data_seed
                 batch=8, lr=3e-3, warmup=10, seed=0)  # fmt: skip
 
 
+def _is_backbone(path: Path) -> bool:
+    """A folder this module wrote: a saved model with its config (a random or pre-trained backbone)."""
+    return (path / "config.json").is_file() and (path / "tokenizer_config.json").is_file()
+
+
 def save_random(directory: str | Path, width: int = 128) -> Path:
     """A randomly initialised tiny Llama (seed 0) and the byte tokenizer, saved with ``save_pretrained``."""
     import torch
@@ -40,7 +45,7 @@ def save_random(directory: str | Path, width: int = 128) -> Path:
 
     fields = {k: v for k, v in tiny_config(width).items() if k != "model_type"}
     torch.manual_seed(0)
-    with io.atomic_dir(directory) as tmp:
+    with io.atomic_dir(directory, owned=_is_backbone) as tmp:
         AutoModelForCausalLM.from_config(LlamaConfig(**fields)).save_pretrained(tmp)
         save_byte_tokenizer(tmp)  # 259 byte tokens ≤ the 512-row vocabulary
     return Path(directory)
@@ -101,7 +106,7 @@ def pretrain(directory: str | Path, width: int, steps: int, *, force: bool = Fal
     record = {**wanted, "final_train_loss": sum(losses[-10:]) / len(losses[-10:]),
               "eval_loss": eval_loss, "seconds": time.perf_counter() - start,
               "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
-    with io.atomic_dir(directory) as tmp:
+    with io.atomic_dir(directory, owned=_is_backbone) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         io.write_json(tmp / "pretrain.json", record)

@@ -200,7 +200,7 @@ class _Job:
             "state": dataclasses.asdict(self.state),
         }  # fmt: skip
         self.write_metrics()  # the rows up to this step go with the checkpoint
-        with io.atomic_dir(target) as tmp:
+        with io.atomic_dir(target, owned=lambda p: (p / "state.pt").is_file()) as tmp:
             torch.save(payload, tmp / "state.pt")
         for old in sorted(self.run.checkpoints.glob("step-*[0-9]"))[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
