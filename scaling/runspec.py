@@ -49,6 +49,11 @@ LAUNCH_RECORD = "launch.json"
 """Written by the launcher: the latest submission of the run and the earlier ones."""
 MANIFEST_FILE = "manifest.parquet"
 SWEEP_FILE = "sweep.json"
+RUN_LOCK = ".train.lock"
+"""In a run directory: held (:func:`scaling.io.exclusive_lock`) by the one process training the run,
+for its whole life; :func:`scaling.io.is_locked` on it is how status and launch know it is running."""
+SWEEP_LOCK = ".sweep.lock"
+"""In a sweep directory: held while a plan is written into it (re-planning re-reads under it)."""
 SPEC_KEYS = (
     "run_id", "backbone", "method", "method_config", "seed", "seq_len", "batch_tokens",
     "micro_batch_size", "grad_accum_steps", "steps", "tokens", "flops_per_token", "dataset",
@@ -224,6 +229,10 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / METRICS_FILE
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / RUN_LOCK
 
     @property
     def model_dir(self) -> Path:
