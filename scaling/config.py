@@ -32,7 +32,7 @@ except ModuleNotFoundError:  # Python 3.10
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-from scaling.errors import ScalingError
+from scaling.errors import ScalingError, one_line
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -66,14 +66,7 @@ class Config:
 
     @classmethod
     def from_toml(cls, path: str | Path, *, what: str = "config file") -> Self:
-        path = Path(path)
-        if not path.is_file():
-            raise ScalingError(f"{what} not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ScalingError(f"cannot parse {path}: {e}") from None
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(read_toml(path, what), where=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,6 +84,26 @@ def _sections(cls: type[Config]) -> dict[str, type[Config]]:
         for f in dataclasses.fields(cls)
         if isinstance(hints[f.name], type) and issubclass(hints[f.name], Config)
     }
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables, or a one-line ScalingError: missing, a folder, unreadable (permissions,
+    I/O), not UTF-8, or not TOML."""
+    path = Path(path)
+    if path.is_dir():
+        raise ScalingError(f"{what} {path} is a folder, not a TOML file")
+    if not path.is_file():
+        raise ScalingError(f"{what} not found: {path}")
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ScalingError(f"cannot read {what} {path}: {e.strerror or one_line(e)}") from None
+    except UnicodeDecodeError as e:
+        raise ScalingError(f"cannot parse {path}: not UTF-8 text ({e.reason})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ScalingError(f"cannot parse {path}: {one_line(e)}") from None
 
 
 def check(condition: bool, message: str) -> None:
@@ -114,10 +127,20 @@ def check_positive_number(name: str, value: Any, *, allow_none: bool = False) ->
     )
 
 
-def check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:
+MAX_INT = 2**63 - 1
+"""The largest integer a manifest or Parquet column holds (int64): a larger one cannot be recorded."""
+MAX_DIM = 2**31 - 1
+"""The largest tensor dimension a method dial may ask for (32-bit indexing in most GPU kernels); a
+rank or width beyond it is a typo, not a configuration."""
+
+
+def check_positive_int(name: str, value: Any, *, allow_none: bool = False,
+                       maximum: int = MAX_INT) -> None:  # fmt: skip
+    """An integer in [1, ``maximum``] (not a bool), or ``None`` when ``allow_none``."""
     if value is None and allow_none:
         return
     check(
         isinstance(value, int) and not isinstance(value, bool) and value > 0,
         f"{name} must be a positive integer; got {value!r}",
     )
+    check(value <= maximum, f"{name} must be at most {maximum}; got {value!r}")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from scaling.errors import ScalingError
+from scaling.errors import ScalingError, one_line
 
 
 def umask() -> int:
@@ -128,6 +128,23 @@ def check_replaceable(path: Path, owned: Callable[[Path], bool] | None = None) -
             f"{path} is a non-empty folder this tool did not write: refusing to replace it "
             "(choose another path, or empty it yourself)"
         )
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise a one-line ScalingError unless a folder can be created at ``path``: its nearest existing
+    ancestor is a folder this process may create entries in. Probed the way :func:`atomic_dir` will
+    write (a temporary sibling): ``os.access`` misleads under root and ACLs. Checked before minutes
+    of work, so a bad output path costs seconds."""
+    path = Path(path)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:  # what atomic_dir will mkdir under
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ScalingError(f"cannot write {path}: {parent} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".probe"))
+    except OSError as e:
+        raise ScalingError(f"cannot write {path}: {e.strerror or one_line(e)}: {parent}") from None
 
 
 # --------------------------------------------------------------------------------------------------

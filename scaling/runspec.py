@@ -21,11 +21,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scaling.errors import ScalingError
+from scaling.config import check, check_positive_int, check_positive_number
+from scaling.errors import ScalingError, one_line
 from scaling.io import read_json
 
 if TYPE_CHECKING:
@@ -213,6 +216,23 @@ def _scalar(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
+def read_manifest_file(path: Path):
+    """A sweep's ``manifest.parquet`` (polars DataFrame) with text ``run_id`` in every row, or a
+    one-line ScalingError: every command keys its runs by run_id, so without it nothing can be said
+    about any run."""
+    import polars as pl
+
+    try:
+        manifest = pl.read_parquet(path)
+    except Exception as e:  # polars raises several types for a damaged file
+        raise ScalingError(f"unreadable manifest {path}: {one_line(e)}") from None
+    if "run_id" not in manifest.columns:
+        raise ScalingError(f"manifest {path} has no run_id column (re-plan with `scaling sweep`)")
+    if manifest.schema["run_id"] != pl.String or manifest["run_id"].null_count():
+        raise ScalingError(f"manifest {path}: run_id must be text in every row")
+    return manifest
+
+
 # --------------------------------------------------------------------------------------------------
 # A run directory
 
@@ -272,4 +292,132 @@ def open_run(run_dir: str | os.PathLike) -> RunDir:
     missing = [k for k in SPEC_KEYS if k not in spec]
     if missing:
         raise ScalingError(f"{spec_path} lacks {', '.join(missing)}")
+    try:
+        check_spec(spec)
+    except ScalingError as e:
+        raise ScalingError(f"{spec_path}: {e}") from None
     return RunDir(path, spec)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checking a spec.json (it may have been edited by hand since the planner wrote it)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _non_empty_str(name: str, v: Any) -> None:
+    check(isinstance(v, str) and v != "", f"{name} must be a non-empty string; got {v!r}")
+
+
+def _in_range(lo: float, hi: float, *, hi_open: bool = False, lo_open: bool = False):
+    def validate(name: str, v: Any) -> None:
+        ok = _is_number(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+        check(ok, f"{name} must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}"
+                  f"{')' if hi_open else ']'}; got {v!r}")  # fmt: skip
+
+    return validate
+
+
+def _non_negative_int(name: str, v: Any) -> None:
+    check(_is_int(v) and v >= 0, f"{name} must be an integer ≥ 0; got {v!r}")
+
+
+def _optional(validate: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
+    return lambda name, v: None if v is None else validate(name, v)
+
+
+def _betas(name: str, v: Any) -> None:
+    ok = isinstance(v, list) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v)
+    check(ok, f"{name} must be two numbers in [0, 1); got {v!r}")
+
+
+def _choice(*choices: str) -> Callable[[str, Any], None]:
+    def validate(name: str, v: Any) -> None:
+        check(v in choices, f"{name} must be one of {', '.join(choices)}; got {v!r}")
+
+    return validate
+
+
+def _integer(name: str, v: Any) -> None:
+    check(_is_int(v), f"{name} must be an integer; got {v!r}")
+
+
+_STR = _non_empty_str
+_POS_INT, _POS_NUM = check_positive_int, check_positive_number
+
+# What the planner writes into each table (scaling.sweep.spec's DatasetSpec + max_epochs, the
+# OptimizerSpec as ``for_method`` resolves it, TrainSpec), each with its check. The trainer cannot
+# import the planner, so the tables are restated here; a test keeps them equal to the planner's.
+DATASET_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "name": _STR, "path": _optional(_STR), "tokens": _optional(_POS_NUM), "split": _STR,
+    "text_field": _STR, "prompt_field": _STR, "response_field": _STR, "eval_sequences": _POS_INT,
+    "seed": _integer, "difficulty": _POS_INT, "max_epochs": _optional(_POS_NUM),
+}  # fmt: skip
+OPTIMIZER_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "name": _choice("adamw"), "lr": _POS_NUM, "weight_decay": _in_range(0, math.inf, hi_open=True),
+    "betas": _betas, "schedule": _choice("cosine", "linear", "constant", "wsd"),
+    "warmup_fraction": _in_range(0, 1, hi_open=True), "min_lr_ratio": _in_range(0, 1),
+    "decay_fraction": _in_range(0, 1, lo_open=True), "grad_clip": _optional(_POS_NUM),
+    "warmup_steps": _non_negative_int, "lr_multiplier": _POS_NUM,
+}  # fmt: skip
+TRAIN_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "log_every": _POS_INT, "eval_every": _non_negative_int,
+    "checkpoint_every_minutes": _POS_NUM, "diverge_ratio": _in_range(1, math.inf, lo_open=True,
+                                                                     hi_open=True),
+    "keep_checkpoints": _POS_INT,
+}  # fmt: skip
+OPTIONAL_KEYS = {"dataset": (), "optimizer": ("lr_multiplier",), "train": tuple(TRAIN_CHECKS)}
+"""Table keys a spec may leave out (the trainer's defaults apply); all others must be present."""
+
+
+def check_spec(spec: dict[str, Any]) -> None:
+    """Raise a one-line ScalingError unless ``spec`` (a ``spec.json``) describes a run the trainer
+    can train as planned: positive integer sizes that multiply up (batch_tokens = seq_len ×
+    micro_batch_size × grad_accum_steps, tokens = steps × batch_tokens), a positive finite FLOPs per
+    token, and dataset/optimizer/train tables with only known keys and valid values."""
+    for key in ("run_id", "backbone", "method"):
+        _non_empty_str(key, spec[key])
+    check(isinstance(spec["method_config"], dict), "method_config must be a table")
+    _integer("seed", spec["seed"])
+    for key in ("seq_len", "batch_tokens", "micro_batch_size", "grad_accum_steps", "steps",
+                "tokens"):  # fmt: skip
+        check_positive_int(key, spec[key])
+    per_step = spec["seq_len"] * spec["micro_batch_size"] * spec["grad_accum_steps"]
+    check(
+        spec["batch_tokens"] == per_step,
+        f"batch_tokens ({spec['batch_tokens']}) must equal seq_len × micro_batch_size × "
+        f"grad_accum_steps ({spec['seq_len']} × {spec['micro_batch_size']} × "
+        f"{spec['grad_accum_steps']} = {per_step})",
+    )
+    check(
+        spec["tokens"] == spec["steps"] * spec["batch_tokens"],
+        f"tokens ({spec['tokens']}) must equal steps × batch_tokens "
+        f"({spec['steps']} × {spec['batch_tokens']})",
+    )
+    check_positive_number("flops_per_token", spec["flops_per_token"])
+    check(isinstance(spec.get("backbone_config", {}), dict), "backbone_config must be a table")
+    for table, checks in (("dataset", DATASET_CHECKS), ("optimizer", OPTIMIZER_CHECKS),
+                          ("train", TRAIN_CHECKS)):  # fmt: skip
+        _check_table(table, spec[table], checks)
+    warmup = spec["optimizer"]["warmup_steps"]
+    check(
+        warmup <= spec["steps"],
+        f"optimizer.warmup_steps ({warmup}) exceeds steps ({spec['steps']})",
+    )
+
+
+def _check_table(table: str, data: Any, checks: dict[str, Callable[[str, Any], None]]) -> None:
+    check(isinstance(data, dict), f"{table} must be a table")
+    unknown = [k for k in data if k not in checks]
+    check(not unknown, f"unknown key '{table}.{unknown[0] if unknown else ''}'; valid keys: "
+                       f"{', '.join(checks)}")  # fmt: skip
+    missing = [k for k in checks if k not in data and k not in OPTIONAL_KEYS[table]]
+    check(not missing, f"{table} lacks {', '.join(missing)}")
+    for key, value in data.items():
+        checks[key](f"{table}.{key}", value)

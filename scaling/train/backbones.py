@@ -12,19 +12,23 @@ skill only fine-tuning teaches — so fine-tuning tokens matter beside backbone 
 gives an isoFLOP sweep over the family an interior optimum (a random backbone would leave Ladder's
 ladders nothing to read; a backbone already fluent in the task would leave the tokens nothing to do).
 
-A backbone is rebuilt only when its ``pretrain.json`` differs from what is asked (or ``force``).
+A backbone is rebuilt only when its ``pretrain.json`` differs from what is asked (or ``force``). Each
+one is built in a temporary sibling and swapped in whole; a ``tiny-llama-<width>`` folder that is not a
+saved backbone, or an ``--out`` that is a file, is refused before any training, never replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from scaling import io
 from scaling.arch import TINY_DIR, TINY_WIDTHS, tiny_config
-from scaling.errors import ScalingError
+from scaling.errors import ScalingError, one_line
 from scaling.train.data import prepare
 from scaling.train.tokenizers import byte_tokenizer, save_byte_tokenizer
 
@@ -33,9 +37,20 @@ PRETRAIN = dict(corpus="synthetic-arithmetic", difficulty=2, ops="+-", data_seed
                 batch=8, lr=3e-3, warmup=10, seed=0)  # fmt: skip
 
 
-def _is_backbone(path: Path) -> bool:
+def is_backbone(path: Path) -> bool:
     """A folder this module wrote: a saved model with its config (a random or pre-trained backbone)."""
     return (path / "config.json").is_file() and (path / "tokenizer_config.json").is_file()
+
+
+@contextlib.contextmanager
+def _backbone_dir(directory: str | Path) -> Iterator[Path]:
+    """``io.atomic_dir`` for a backbone, with an OS failure (read-only parent, full disk) as one line."""
+    try:
+        with io.atomic_dir(directory, owned=is_backbone) as tmp:
+            yield tmp
+    except OSError as e:
+        raise ScalingError(f"cannot write {directory}: {e.strerror or one_line(e)} (nothing "
+                           "written; what was there is untouched)") from None  # fmt: skip
 
 
 def save_random(directory: str | Path, width: int = 128) -> Path:
@@ -45,7 +60,7 @@ def save_random(directory: str | Path, width: int = 128) -> Path:
 
     fields = {k: v for k, v in tiny_config(width).items() if k != "model_type"}
     torch.manual_seed(0)
-    with io.atomic_dir(directory, owned=_is_backbone) as tmp:
+    with _backbone_dir(directory) as tmp:
         AutoModelForCausalLM.from_config(LlamaConfig(**fields)).save_pretrained(tmp)
         save_byte_tokenizer(tmp)  # 259 byte tokens ≤ the 512-row vocabulary
     return Path(directory)
@@ -59,12 +74,11 @@ def pretrain(directory: str | Path, width: int, steps: int, *, force: bool = Fal
     from scaling.train.objective import schedule, token_loss_sum
 
     directory = Path(directory)
-    wanted = {"width": width, "steps": steps, **PRETRAIN, "config": tiny_config(width)}
-    record_path = directory / "pretrain.json"
-    if record_path.is_file() and not force:
-        record = io.read_json(record_path, "pretrain record")
-        if {k: record.get(k) for k in wanted} == wanted:
-            return record
+    wanted = _wanted(width, steps)
+    record = None if force else _cached(directory, wanted)
+    if record is not None:
+        return record
+    io.check_replaceable(directory, is_backbone)  # before training, not after
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     start = time.perf_counter()
@@ -106,11 +120,27 @@ def pretrain(directory: str | Path, width: int, steps: int, *, force: bool = Fal
     record = {**wanted, "final_train_loss": sum(losses[-10:]) / len(losses[-10:]),
               "eval_loss": eval_loss, "seconds": time.perf_counter() - start,
               "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
-    with io.atomic_dir(directory, owned=_is_backbone) as tmp:
+    with _backbone_dir(directory) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         io.write_json(tmp / "pretrain.json", record)
     return record
+
+
+def _wanted(width: int, steps: int) -> dict[str, Any]:
+    """What a backbone's ``pretrain.json`` must record for it to be reused."""
+    return {"width": width, "steps": steps, **PRETRAIN, "config": tiny_config(width)}
+
+
+def _cached(directory: Path, wanted: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of the backbone in ``directory`` when it was built as ``wanted`` asks, else None."""
+    record_path = directory / "pretrain.json"
+    if not record_path.is_file():
+        return None
+    record = io.read_json(record_path, "pretrain record")
+    if isinstance(record, dict) and {k: record.get(k) for k in wanted} == wanted:
+        return record
+    return None
 
 
 def build_family(out: str | Path = DEFAULT_DIR, *, steps: int = 150, widths=None, force: bool = False,
@@ -118,9 +148,17 @@ def build_family(out: str | Path = DEFAULT_DIR, *, steps: int = 150, widths=None
     """Pre-train (or reuse) every tiny backbone under ``out``; name → its ``pretrain.json`` record."""
     from scaling.methods.backbone import quiet_libraries
 
+    out = Path(out)
+    names = {width: f"tiny-llama-{width}" for width in widths or TINY_WIDTHS}
+    # Every member's place is checked before the first one trains: a refusal costs seconds.
+    if out.exists() and not out.is_dir():
+        raise ScalingError(f"{out} exists and is not a folder: the backbones go in a folder")
+    for name in names.values():
+        io.check_replaceable(out / name, is_backbone)
+    stale = [name for width, name in names.items()
+             if force or _cached(out / name, _wanted(width, steps)) is None]  # fmt: skip
+    if stale:  # a read-only folder of cached backbones is fine: nothing is written to it
+        io.check_writable(out / stale[0])
     quiet_libraries()
-    records = {}
-    for width in widths or TINY_WIDTHS:
-        name = f"tiny-llama-{width}"
-        records[name] = pretrain(Path(out) / name, width, steps, force=force, log=log)
-    return records
+    return {name: pretrain(out / name, width, steps, force=force, log=log)
+            for width, name in names.items()}  # fmt: skip

@@ -18,17 +18,28 @@ from scaling.errors import ScalingError
 
 def run_train(args: argparse.Namespace) -> int:
     from scaling.train import train
+    from scaling.train.records import failure_reason
 
-    result = train(args.run_dir, force=args.force)
+    try:
+        result = train(args.run_dir, force=args.force)
+    except OSError as e:  # not even result.json could be written: one line, no traceback
+        print(f"scaling train: {args.run_dir}: nothing recorded: {failure_reason(e)}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     status, run = result["status"], result["run_id"]
     if status == "success":
-        print(f"{run}: success, eval loss {result['final_eval_loss']:.4f} after "
+        print(f"{run}: success, eval loss {_loss(result.get('final_eval_loss'))} after "
               f"{result['steps']} steps ({result['tokens']:,} tokens, {result['flops']:.3g} FLOPs)")  # fmt: skip
         return 0
     print(f"scaling train: {run} {status}: {result['error']}", file=sys.stderr)
     if status == "cancelled" and result.get("signal"):
         return 128 + signal.Signals[result["signal"]].value  # the shell's code for that signal
     return 0 if status == "diverged" else 1  # diverging is a result; failing is not
+
+
+def _loss(value: float | None) -> str:
+    """A loss from result.json, where a non-finite one is null."""
+    return "n/a (not finite)" if value is None else f"{value:.4f}"
 
 
 def run_backbone(args: argparse.Namespace) -> None:

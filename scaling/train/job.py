@@ -8,34 +8,47 @@
 The job trains exactly the run in ``spec.json`` (written by ``scaling sweep``): the method built on
 its backbone, ``steps`` optimizer steps of ``batch_tokens`` tokens, the learning-rate schedule laid
 over exactly those steps, batches drawn in an order fixed by the run's seed (:mod:`scaling.train.data`).
-It writes, atomically and only into the run directory:
+It holds the run's lock (:data:`scaling.runspec.RUN_LOCK`) for its whole life, so a second trainer on
+the same run is refused with a one-line error and changes nothing. It writes, atomically and only
+into the run directory:
 
 - ``metrics.parquet``: one ``train`` row per logged step (step, tokens, cumulative FLOPs from the
   planned FLOPs per token, mean train loss since the previous row, learning rate, gradient norm,
   tokens/s, peak memory — CUDA's peak allocation on GPU, the process's peak RSS on CPU, wall time)
-  and one ``eval`` row per held-out evaluation (periodic, and always at the last step);
+  and one ``eval`` row per held-out evaluation (periodic, and always at the last step). Rebuilt after
+  every write from ``metrics.segments/``, where an unfinished run's rows are committed
+  (:class:`~scaling.train.records.MetricsLog`); once the run succeeds it is the only record;
 - ``result.json``: status (``success | failed | diverged | cancelled``), final losses, planned vs
-  realised steps, tokens and FLOPs, parameter counts, wall time and provenance;
+  realised steps, tokens and FLOPs, parameter counts, wall time and provenance (strict JSON: a
+  non-finite loss is ``null`` and named in ``non_finite``);
 - ``model/``: the trained side net or adapter (``MethodModel.save``);
 - ``checkpoints/step-XXXXXXX/``: trainable weights, optimizer, scheduler, RNG state and the step (the
   data position follows from the step), every ``train.checkpoint_every_minutes`` and on SIGTERM,
-  SIGUSR2 or SIGINT. Removed once the run succeeds.
+  SIGUSR2 or SIGINT; the last two (or ``train.keep_checkpoints``) are kept. Removed once the run
+  succeeds.
 
-Resuming: ``train`` on a run with a checkpoint continues from it; metrics rows past the checkpoint
-(logged before a hard kill) are dropped, so a resumed run has every step exactly once and, on CPU,
+Resuming: ``train`` on a run with a checkpoint continues from the newest one that loads (an unreadable
+one is set aside as ``checkpoints/unreadable-step-…`` and the one before it used; with none usable the
+run is recorded ``failed`` with the reason, its records untouched); metrics rows past that checkpoint
+(logged before a hard kill) are superseded, so a resumed run has every step exactly once and, on CPU,
 the same final loss as an uninterrupted run. On a signal the job finishes its current step, saves a
 checkpoint, records ``cancelled`` and then hands the signal to whatever handler was installed before
 (under submitit, its checkpoint-and-requeue handler), so SLURM preemption and time-outs lose nothing.
 
-Failures: bad input (a missing or foreign ``spec.json``, an unusable dataset or backbone) raises
-:class:`~scaling.errors.ScalingError` before anything is written. An exception while training is
-recorded as ``failed`` with its message; a non-finite loss, or a smoothed loss above
-``train.diverge_ratio`` × the first step's, stops the run as ``diverged``. Both keep their logs.
+Failures: bad input (a missing, foreign or inconsistent ``spec.json``, an unusable dataset or
+backbone) and a run another process is training raise :class:`~scaling.errors.ScalingError` before
+anything is written. An exception while training is recorded as ``failed`` with its reason (``disk
+full: …``, ``permission denied: …``, ``TypeName: message``); a non-finite loss, or a smoothed loss
+above ``train.diverge_ratio`` × the first step's, stops the run as ``diverged``. Both keep their
+logs. When not even ``result.json`` can be written, the :class:`OSError` is raised (the CLI prints it
+on one line). Temporary files a killed trainer left behind are removed when the next one starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import math
 import os
 import shutil
@@ -64,11 +77,21 @@ from scaling.train.objective import (
     n_labels,
     schedule,
 )
-from scaling.train.records import METRIC_COLUMNS, peak_memory_bytes, provenance
+from scaling.train.records import (
+    METRIC_COLUMNS,
+    MetricsLog,
+    discard_outputs,
+    failure_reason,
+    peak_memory_bytes,
+    provenance,
+    remove_stale_temporaries,
+    set_aside,
+)
 from scaling.train.signals import Progress, Signals
 from scaling.train.tokenizers import load_tokenizer
 
 SMOOTHING = 10  # steps averaged before comparing with diverge_ratio × the first loss
+KEEP_CHECKPOINTS = 2  # at least: an unreadable newest checkpoint falls back to the one before
 
 
 def backbone_path(ref: str) -> str:
@@ -107,15 +130,41 @@ def train(
     A run that already succeeded is not trained again unless ``force`` (which starts it afresh).
     ``on_step(step)`` is called after each optimizer step (progress hooks, tests).
     """
-    run = open_run(run_dir)
-    previous = run.result()
-    if previous is not None and previous.get("status") == "success" and not force:
-        return previous
+    run = open_run(run_dir)  # spec.json checked strictly: a hand edit cannot train nonsense
     spec = run.spec
-    backbone = backbone_path(spec["backbone"])
     fields = methods.config_class(spec["method"]).field_names()
     cfg = methods.config(spec["method"], **recorded_config(spec["method_config"], fields))
-    # Bad input surfaces here, before the run directory is touched.
+    previous = _previous_result(run, force)
+    if _succeeded(previous) and not force:
+        return previous
+    # Bad input surfaces here, before the run directory is touched (the lock file included).
+    backbone = backbone_path(spec["backbone"])
+    tokens = _prepare_data(spec, backbone)
+    with io.exclusive_lock(run.lock_path, f"run {spec['run_id']}"):
+        return _train_locked(run, cfg, backbone, tokens, force=force, on_step=on_step)
+
+
+def _previous_result(run: RunDir, force: bool) -> dict[str, Any] | None:
+    """The run's ``result.json``; an unreadable one is refused (it may record a success) unless
+    ``force`` is about to replace it."""
+    try:
+        previous = run.result()
+    except ScalingError as e:
+        if force:
+            return None
+        raise ScalingError(f"{e}; `scaling train --force` retrains the run from scratch") from None
+    if previous is not None and not isinstance(previous, dict):
+        if force:
+            return None
+        raise ScalingError(f"{run.result_path} is not a JSON object; `--force` retrains the run")
+    return previous
+
+
+def _succeeded(result: dict[str, Any] | None) -> bool:
+    return result is not None and result.get("status") == "success"
+
+
+def _prepare_data(spec: dict[str, Any], backbone: str) -> data.TokenData:
     tokenizer = load_tokenizer(backbone)
     seqs_per_step = spec["batch_tokens"] // spec["seq_len"]
     tokens = data.prepare(spec["dataset"], tokenizer, seq_len=spec["seq_len"],
@@ -126,20 +175,32 @@ def train(
         raise ScalingError(
             f"tokenizer of {backbone} has {len(tokenizer)} tokens, the model only {vocab} embeddings"
         )
+    return tokens
+
+
+def _train_locked(
+    run: RunDir, cfg: methods.MethodConfig, backbone: str, tokens: data.TokenData, *, force: bool,
+    on_step: Callable[[int], None] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Everything that writes, under the run's lock (no other trainer can be writing)."""
+    previous = _previous_result(run, force)  # again: another trainer may have finished it meanwhile
+    if _succeeded(previous) and not force:
+        return previous
+    if not os.access(run.path, os.W_OK | os.X_OK):  # nothing could be recorded: train nothing
+        raise PermissionError(errno.EACCES, "cannot write in the run directory", str(run.path))
     if force:
-        for path in (run.result_path, run.metrics_path):
-            path.unlink(missing_ok=True)
-        for path in (run.checkpoints, run.model_dir):
-            shutil.rmtree(path, ignore_errors=True)
+        discard_outputs(run.path)
+    remove_stale_temporaries(run.path)
     quiet_libraries()
     job = _Job(run, tokens)
     with Signals() as signals:
         try:
-            torch.manual_seed(spec["seed"])
+            job.metrics.open()
+            torch.manual_seed(run.spec["seed"])
             job.setup(cfg.build(backbone))
             return job.loop(signals, on_step)
-        except Exception as e:  # recorded, never dropped: the run shows as failed with its error
-            return job.finish("failed", error=f"{type(e).__name__}: {e}", tb=traceback.format_exc())
+        except Exception as e:  # recorded, never dropped: the run shows as failed with its reason
+            return job.finish("failed", error=failure_reason(e), tb=traceback.format_exc())
 
 
 class _Job:
@@ -156,8 +217,11 @@ class _Job:
         self.eval_every = int(t.get("eval_every", 0)) or max(1, math.ceil(self.steps / 4))
         self.ckpt_seconds = 60.0 * float(t.get("checkpoint_every_minutes", 10.0))
         self.diverge_ratio = float(t.get("diverge_ratio", 4.0))
-        self.keep = int(t.get("keep_checkpoints", 1))
-        self.rows: list[dict[str, Any]] = []
+        self.keep = max(KEEP_CHECKPOINTS, int(t.get("keep_checkpoints", 1)))
+        self.metrics = MetricsLog(run.path)
+        self.logging = False  # whether this process may write metrics (it knows where it resumed)
+        self.rows: list[dict[str, Any]] = []  # this process's rows (earlier ones: self.metrics)
+        self.skipped: list[str] = []  # unreadable checkpoints set aside when resuming
         self.state = _State()
         self.model = None
         self.params: list[torch.nn.Parameter] = []
@@ -199,20 +263,54 @@ class _Job:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "state": dataclasses.asdict(self.state),
         }  # fmt: skip
-        self.write_metrics()  # the rows up to this step go with the checkpoint
-        with io.atomic_dir(target, owned=lambda p: (p / "state.pt").is_file()) as tmp:
-            torch.save(payload, tmp / "state.pt")
+        self.write_metrics()  # the rows up to this step are committed before the checkpoint exists
+        created = not self.run.checkpoints.exists()
+        try:
+            with io.atomic_dir(target, owned=lambda p: (p / "state.pt").is_file()) as tmp:
+                torch.save(payload, tmp / "state.pt")
+        except BaseException:
+            if created:  # leave no empty checkpoints/ behind a failed first save
+                with contextlib.suppress(OSError):
+                    self.run.checkpoints.rmdir()
+            raise
         for old in sorted(self.run.checkpoints.glob("step-*[0-9]"))[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
 
     def resume(self) -> None:
-        ckpt = self.run.latest_checkpoint()
-        if ckpt is None:
-            return  # any rows logged before a kill with no checkpoint are rewritten from step 1
+        """Continue from the newest checkpoint that loads; newer unreadable ones are set aside. With
+        checkpoints but none usable, refuse: starting over would supersede every logged row."""
+        found = sorted(self.run.checkpoints.glob("step-*[0-9]"), reverse=True)
+        bad: list[tuple[Path, str]] = []
+        for ckpt in found:
+            try:
+                self._restore(ckpt)
+            except Exception as e:  # truncated, corrupt or foreign: try the one before
+                bad.append((ckpt, failure_reason(e)))
+                continue
+            for path, why in bad:
+                self.skipped.append(f"{path.name}: {why}; set aside as {set_aside(path)}")
+            return
+        if bad:
+            raise ScalingError(
+                "no usable checkpoint to resume from ("
+                + "; ".join(f"{p.name}: {why}" for p, why in bad)
+                + "); the logged metrics are kept: move the checkpoints aside to restart from step "
+                "0, or `scaling train --force` to retrain from scratch"
+            )
+
+    def _restore(self, ckpt: Path) -> None:
         payload = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        if payload["step"] != int(ckpt.name.removeprefix("step-")):
+            raise ValueError(f"holds step {payload['step']}")
         named = dict(self.model.named_parameters())
+        trainable = {n: p for n, p in named.items() if p.requires_grad}
+        weights = payload["model"]
+        if set(weights) != set(trainable) or any(
+            weights[n].shape != p.shape for n, p in trainable.items()
+        ):
+            raise ValueError("its weights are not this run's trainable parameters")
         with torch.no_grad():
-            for name, value in payload["model"].items():
+            for name, value in weights.items():
                 named[name].copy_(value)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
@@ -220,28 +318,44 @@ class _Job:
         if payload["cuda_rng"]:
             torch.cuda.set_rng_state_all(payload["cuda_rng"])
         self.state = _State(**payload["state"])
-        if self.run.metrics_path.is_file():
-            old = pl.read_parquet(self.run.metrics_path)
-            self.rows = old.filter(pl.col("step") <= self.state.step).to_dicts()
 
     # -- records -----------------------------------------------------------------------------------
 
     def write_metrics(self) -> None:
-        frame = pl.DataFrame(self.rows, schema=METRIC_COLUMNS)
-        io.write_parquet(frame, self.run.metrics_path)
+        self.metrics.write(self.rows)
 
     def finish(
         self, status: str, *, error: str | None = None, tb: str | None = None,
         signal: str | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        spec = self.spec
-        done = self.state.step
+        """Write the run's records and ``result.json``; return the result as written. A metrics
+        write that fails is named in the result (a success needs it: its failure is raised)."""
+        metrics_error = None
+        if self.logging:
+            try:
+                self.write_metrics()
+            except OSError as e:
+                if status == "success":
+                    raise
+                metrics_error = f"metrics not saved ({failure_reason(e)}): kept to the last write"
         if status == "success":
             self.model.save(self.run.model_dir)
-        if self.model is not None:
-            self.write_metrics()
+        result = self._result(status, error, signal)
+        if metrics_error is not None:
+            result["metrics_error"] = metrics_error
+        if tb is not None:
+            result["traceback"] = tb
+        io.write_json(self.run.result_path, result)  # if even this fails, the caller hears of it
+        if status == "success":  # the record is complete: what served to resume it can go
+            shutil.rmtree(self.run.checkpoints, ignore_errors=True)
+            self.metrics.compacted()
+        return io.read_json(self.run.result_path, "result file")  # as written (strict JSON)
+
+    def _result(self, status: str, error: str | None, signal: str | None) -> dict[str, Any]:
+        spec = self.spec
+        done = self.state.step
         trainable = sum(p.numel() for p in self.params)
-        result = {
+        return {
             "format_version": RESULT_FORMAT_VERSION, "run_id": spec["run_id"],
             "sweep": spec.get("sweep"), "status": status, "error": error,
             "method": spec["method"], "dial": spec.get("dial"),
@@ -258,18 +372,13 @@ class _Job:
             "wall_time_s": time.time() - self.started,
             "tokens_per_s": self._mean_throughput(), "peak_memory_bytes": peak_memory_bytes(),
             "data": self.tokens.source, "train_sequences_available": len(self.tokens.train_ids),
-            "signal": signal,
+            "signal": signal, "skipped_checkpoints": self.skipped,
             "provenance": provenance(spec["seed"]) | {"precision": getattr(self, "precision", None)},
         }  # fmt: skip
-        if tb is not None:
-            result["traceback"] = tb
-        io.write_json(self.run.result_path, result)
-        if status == "success":
-            shutil.rmtree(self.run.checkpoints, ignore_errors=True)
-        return result
 
     def _mean_throughput(self) -> float | None:
-        rates = [r["tokens_per_s"] for r in self.rows if r["kind"] == "train" and r["tokens_per_s"]]
+        rows = self.metrics.frame(self.rows).filter(pl.col("kind") == "train")
+        rates = [r for r in rows["tokens_per_s"].to_list() if r]
         return float(np.mean(rates)) if rates else None
 
     def _row(self, kind: str, loss: float, **extra: Any) -> dict[str, Any]:
@@ -319,8 +428,12 @@ class _Job:
     def loop(self, signals: Signals, on_step: Callable[[int], None] | None) -> dict[str, Any]:
         self.model.train()
         self.resume()
+        self.metrics.begin(self.state.step)
+        self.logging = True
         spec, s = self.spec, self.state
         progress = Progress(spec["run_id"], self.steps, s.step)
+        for note in self.skipped:
+            progress.line(f"resuming at step {s.step}: {note}")
         last_ckpt = time.monotonic()
         interval_seconds, interval_tokens = 0.0, 0  # training steps only (not evaluation)
         try:
@@ -357,15 +470,7 @@ class _Job:
                 if s.step == self.steps:
                     break
                 if signals.received is not None:
-                    self.save_checkpoint()
-                    name = signal.Signals(signals.received).name
-                    progress.line(f"{name}: checkpoint at step {s.step}/{self.steps}")
-                    result = self.finish(
-                        "cancelled",
-                        error=f"interrupted by {name} at step {s.step}/{self.steps}; "
-                        "resumable from checkpoint",
-                        signal=name,
-                    )
+                    result = self._interrupted(signal.Signals(signals.received).name, progress)
                     progress.close()
                     signals.chain()
                     return result
@@ -375,3 +480,21 @@ class _Job:
         finally:
             progress.close()
         return self.finish("success")
+
+    def _interrupted(self, name: str, progress: Progress) -> dict[str, Any]:
+        """Checkpoint and record ``cancelled``; ``failed`` with the reason if the checkpoint fails."""
+        where = f"at step {self.state.step}/{self.steps}"
+        try:
+            self.save_checkpoint()
+        except Exception as e:  # e.g. disk full: say so, and from where a new attempt starts
+            latest = self.run.latest_checkpoint()
+            resumes = f"resumes from {latest.name}" if latest else "starts again from step 0"
+            reason = (f"interrupted by {name} {where} and the checkpoint failed "
+                      f"({failure_reason(e)}); a new attempt {resumes}")  # fmt: skip
+            progress.line(reason)
+            return self.finish("failed", error=reason, tb=traceback.format_exc(), signal=name)
+        progress.line(f"{name}: checkpoint {where}")
+        return self.finish(
+            "cancelled", error=f"interrupted by {name} {where}; resumable from checkpoint",
+            signal=name,
+        )  # fmt: skip

@@ -1,15 +1,30 @@
-"""What a run records besides its result: the metrics table's columns, peak memory, and provenance
-(which code, libraries and machine produced a result).
+"""What a run records besides its result: its metrics (append-only segments and the table compacted
+from them), peak memory, provenance (which code, libraries and machine produced a result), and the
+one-line reason for an OS error.
 
-    >>> from scaling.train.records import METRIC_COLUMNS, provenance
+    >>> from scaling.train.records import METRIC_COLUMNS, MetricsLog, provenance
+    >>> log = MetricsLog(run.path); log.open(); log.begin(start=checkpoint_step)
+    >>> log.write(rows_of_this_process)       # its own segment, then metrics.parquet from all of them
     >>> provenance(seed=0)["git_sha"], provenance(seed=0)["device"]
+
+Metrics rows live in ``metrics.segments/<life>-from-<step>.parquet``: one file per process that
+trained the run (its *life*), holding only that process's rows and named after the checkpoint step it
+resumed from. A process rewrites only its own file (atomically), so no write, failed or not, can
+lose a row an earlier process committed. The run's rows are every segment's rows up to the step the
+next process resumed from (later rows were logged past the checkpoint before a hard kill, and are
+trained and logged again); ``metrics.parquet`` is that table, rewritten after every segment write,
+so readers see what they always saw. Once the run succeeds the segments are removed and
+``metrics.parquet`` is the record. An unreadable segment is never skipped: the job refuses to go on.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
+import re
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +33,10 @@ from typing import Any
 
 import polars as pl
 import torch
+
+from scaling import io
+from scaling.errors import ScalingError, one_line
+from scaling.runspec import METRICS_FILE, RESULT_FILE
 
 METRIC_COLUMNS = {
     "kind": pl.String, "step": pl.Int64, "tokens": pl.Int64, "flops": pl.Float64,
@@ -67,3 +86,162 @@ def provenance(seed: int) -> dict[str, Any]:
         "versions": versions, "python": platform.python_version(), "device": device,
         "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "seed": seed,
     }  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics segments
+
+SEGMENTS = "metrics.segments"
+"""In a run directory: the metrics rows of an unfinished run, one file per process (see above)."""
+_SEGMENT = re.compile(r"(\d{4,})-from-(\d{7,})\.parquet")
+
+
+class MetricsUnreadable(ScalingError):
+    """A metrics file the run's history depends on cannot be read: going on would lose its rows."""
+
+
+class MetricsLog:
+    """The metrics of one run as this process sees them: earlier processes' rows, read once, and its
+    own segment."""
+
+    def __init__(self, run_path: Path) -> None:
+        self.dir = run_path / SEGMENTS
+        self.table = run_path / METRICS_FILE
+        self.earlier: list[tuple[int, int, pl.DataFrame]] = []  # (life, resumed from step, rows)
+        self.life, self.start = 0, 0
+        self.before = pl.DataFrame(schema=METRIC_COLUMNS)
+        self.unreadable: MetricsUnreadable | None = None
+
+    def segments(self) -> list[tuple[int, int, Path]]:
+        """(life, resumed from step, path) of every segment, oldest first (other files ignored)."""
+        found = []
+        for path in self.dir.iterdir() if self.dir.is_dir() else ():
+            if m := _SEGMENT.fullmatch(path.name):
+                found.append((int(m[1]), int(m[2]), path))
+        return sorted(found)
+
+    def open(self) -> None:
+        """Read the earlier processes' segments (a run from before segments existed: its
+        ``metrics.parquet`` stands for one); MetricsUnreadable names any that cannot be read."""
+        segments = self.segments()
+        if not segments and self.table.is_file():
+            try:
+                self.earlier = [(0, 0, _read(self.table, "metrics table"))]
+            except MetricsUnreadable as e:  # fatal only if a checkpoint needs its rows (begin)
+                self.unreadable = e
+            return
+        self.earlier = [(life, start, _read(path, "metrics segment"))
+                        for life, start, path in segments]  # fmt: skip
+
+    def begin(self, start: int) -> None:
+        """This process resumes after step ``start``: rows logged past it are superseded."""
+        if self.unreadable is not None and start > 0:
+            raise self.unreadable
+        self.life = max((life for life, _, _ in self.earlier), default=-1) + 1
+        self.start = start
+        kept, bound = [], start
+        for _, first, frame in reversed(self.earlier):
+            kept.append(frame.filter(pl.col("step") <= bound))
+            bound = min(bound, first)
+        self.before = pl.concat([pl.DataFrame(schema=METRIC_COLUMNS), *reversed(kept)])
+        if self.earlier and not self.segments():  # adopt a pre-segments table as the first life
+            life, first, frame = self.earlier[0]
+            io.write_parquet(frame, self._path(life, first))
+
+    def frame(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
+        """The run's metrics: earlier processes' committed rows, then ``rows`` (this process's)."""
+        return pl.concat([self.before, pl.DataFrame(rows, schema=METRIC_COLUMNS)])
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        """Commit ``rows`` (all of this process's, so far) to its segment, then rewrite the table."""
+        if rows:
+            io.write_parquet(
+                pl.DataFrame(rows, schema=METRIC_COLUMNS), self._path(self.life, self.start)
+            )
+        io.write_parquet(self.frame(rows), self.table)
+
+    def compacted(self) -> None:
+        """The run succeeded and ``metrics.parquet`` holds every row: the segments have served."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _path(self, life: int, start: int) -> Path:
+        return self.dir / f"{life:04d}-from-{start:07d}.parquet"
+
+
+def _read(path: Path, what: str) -> pl.DataFrame:
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as e:  # polars raises several types for a damaged file
+        raise MetricsUnreadable(f"unreadable {what} {path}: {one_line(e)}") from None
+    missing = [c for c in METRIC_COLUMNS if c not in frame.columns]
+    if missing:
+        raise MetricsUnreadable(f"{what} {path} lacks column(s) {', '.join(missing)}")
+    return frame.select(list(METRIC_COLUMNS)).cast(METRIC_COLUMNS)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# Leftovers and errors
+
+_TEMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]+\.tmp")  # what scaling.io's mkstemp/mkdtemp name
+TRAINER_OUTPUTS = {
+    "": tuple(map(re.escape, (RESULT_FILE, METRICS_FILE, "model", "checkpoints", SEGMENTS))),
+    "checkpoints": (r"step-\d{7,}",),
+    SEGMENTS: (_SEGMENT.pattern,),
+}
+"""Per folder of a run directory, the names (patterns) the trainer writes there: the only temporary
+siblings it may clean up (the planner and the launcher write spec.json and launch.json)."""
+
+
+def remove_stale_temporaries(run_path: Path) -> list[str]:
+    """Remove temporary files and folders left by trainer writes a killed process never finished
+    (call only under the run's lock: no live writer can own them); return what was removed."""
+    removed = []
+    for folder, names in TRAINER_OUTPUTS.items():
+        where = run_path / folder
+        for path in where.iterdir() if where.is_dir() else ():
+            m = _TEMP.fullmatch(path.name)
+            if m is None or not any(re.fullmatch(n, m["name"]) for n in names):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(str(path.relative_to(run_path)))
+    return removed
+
+
+def discard_outputs(run_path: Path) -> None:
+    """Remove everything the trainer wrote into a run directory (``--force``; under the lock)."""
+    for name in (RESULT_FILE, METRICS_FILE):
+        (run_path / name).unlink(missing_ok=True)
+    for name in ("checkpoints", "model", SEGMENTS):
+        shutil.rmtree(run_path / name, ignore_errors=True)
+
+
+def set_aside(ckpt: Path) -> str:
+    """Rename an unreadable checkpoint out of the ``step-*`` names a resume picks from (kept for
+    inspection; removed with the other checkpoints once the run succeeds); return its new name."""
+    n, target = 0, ckpt.with_name(f"unreadable-{ckpt.name}")
+    while target.exists():
+        n += 1
+        target = ckpt.with_name(f"unreadable-{ckpt.name}.{n}")
+    os.replace(ckpt, target)
+    return target.name
+
+
+_OS_REASONS = {
+    errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+}  # fmt: skip
+
+
+def failure_reason(e: BaseException) -> str:
+    """One line saying why: ``disk full: …`` / ``permission denied: …`` for the OS errors a user
+    can act on, ``TypeName: message`` for anything else."""
+    if isinstance(e, OSError) and e.errno in _OS_REASONS:
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{_OS_REASONS[e.errno]}: {e.strerror or one_line(e)}{where}"
+    if isinstance(e, ScalingError):
+        return one_line(e)
+    return f"{type(e).__name__}: {one_line(e)}"

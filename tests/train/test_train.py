@@ -179,10 +179,13 @@ def test_rows_logged_after_the_last_checkpoint_are_not_duplicated(tmp_path, back
     run = plan_run(tmp_path / "s", backbone, "ladder", steps=8, reduction=8,
                    quantization="none", train={"log_every": 1})  # fmt: skip
     train(run, on_step=_kill_at(3))
-    # A hard kill after the checkpoint at step 3 leaves rows for steps 4-5 that no checkpoint covers.
-    m = metrics(run)
-    late = m.filter(pl.col("step") == 3).with_columns(pl.col("step") + 2)
-    pl.concat([m, late]).write_parquet(run / "metrics.parquet")
+    # A hard kill after the checkpoint at step 3 leaves rows for steps 4-5 that no checkpoint covers
+    # (in the process's metrics segment, where rows are committed, and in the table built from it).
+    (segment,) = (run / "metrics.segments").iterdir()
+    for path in (segment, run / "metrics.parquet"):
+        m = pl.read_parquet(path)
+        late = m.filter(pl.col("step") == 3).with_columns(pl.col("step") + 2)
+        pl.concat([m, late]).write_parquet(path)
     assert train(run)["status"] == "success"
     steps = metrics(run).filter(pl.col("kind") == "train")["step"].to_list()
     assert steps == list(range(1, 9))
