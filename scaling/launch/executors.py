@@ -12,8 +12,10 @@ is on PATH):
   submitit, which calls :meth:`TrainJob.checkpoint` and requeues the task (at most ``max_requeues``
   time-outs); the requeued task resumes from the run's checkpoint and appends to the same log.
 - ``local``: ``array_parallelism`` worker processes (:class:`LocalWorker`) that take runs one at a
-  time, each with its share of the machine's cores.
-- ``debug``: every run in this process, one after the other (``pdb``-friendly).
+  time, each with its share of the machine's cores. Each records itself (:func:`worker_record`):
+  ``launch.json`` holds the pids of submitit's controllers, and a worker outlives a killed controller.
+- ``debug``: every run in this process, one after the other (``pdb``-friendly); the launching
+  process records itself as the submission's worker the same way.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from scaling.errors import ScalingError
 from scaling.io import write_json
-from scaling.launch.records import claim, job_file
+from scaling.launch.records import claim, job_file, worker_file
 from scaling.launch.spec import LaunchSpec, slurm_mem
 from scaling.runspec import read_json_or_none
 
@@ -130,6 +132,23 @@ class TrainJob:
         return DelayedSubmission(TrainJob(self.run, self.folder, self.target))
 
 
+@contextlib.contextmanager
+def worker_record(folder: str | Path) -> Iterator[None]:
+    """Record this process as a worker of the submission in ``folder`` while the block runs: status
+    reads the runs it has not taken yet as queued while it lives (and its end, however it ends)."""
+    import psutil
+
+    me = psutil.Process()
+    path = worker_file(folder, me.pid)
+    record = {"pid": me.pid, "create_time": me.create_time(), "started_at": time.time(),
+              "ended_at": None}  # fmt: skip
+    write_json(path, record)
+    try:
+        yield
+    finally:
+        write_json(path, record | {"ended_at": time.time()})
+
+
 class LocalWorker:
     """A local worker process: trains unclaimed runs of its submission one at a time."""
 
@@ -146,21 +165,22 @@ class LocalWorker:
             # Workers share the machine's cores: N workers each using every core oversubscribe.
             torch.set_num_threads(self.threads)
         done: dict[str, Any] = {}
-        while True:
-            if self.current is None:
-                self.current = next(
-                    (r for r in self.runs if claim(self.folder, Path(r).name)), None
-                )
+        with worker_record(self.folder):
+            while True:
                 if self.current is None:
-                    return done
-            try:
-                result = TrainJob(self.current, self.folder, self.target)()
-                done[Path(self.current).name] = (
-                    result.get("status") if isinstance(result, dict) else None
-                )
-            except Exception as e:  # recorded in the job file; the other runs still train
-                done[Path(self.current).name] = f"error: {e}"
-            self.current = None
+                    self.current = next(
+                        (r for r in self.runs if claim(self.folder, Path(r).name)), None
+                    )
+                    if self.current is None:
+                        return done
+                try:
+                    result = TrainJob(self.current, self.folder, self.target)()
+                    done[Path(self.current).name] = (
+                        result.get("status") if isinstance(result, dict) else None
+                    )
+                except Exception as e:  # recorded in the job file; the other runs still train
+                    done[Path(self.current).name] = f"error: {e}"
+                self.current = None
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         from submitit.helpers import DelayedSubmission

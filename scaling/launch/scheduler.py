@@ -16,6 +16,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from scaling.launch.records import live_workers
+
 SLURM_QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "CONFIGURING",
                 "SUSPENDED", "STOPPED", "RESIZING", "SPECIAL_EXIT"}  # fmt: skip
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
@@ -112,14 +114,51 @@ def scheduler_state(record: dict[str, Any], job: dict[str, Any] | None,
         if state in SLURM_RUNNING:
             return "running"
         return state
-    if executor == "local":
-        if job is not None and not job.get("ended_at") and not job.get("cancelled"):
-            if process_alive(job.get("pid"), job.get("create_time")):
-                return "running"
-        workers = record.get("workers") or []
-        if job is None and any(process_alive(w.get("pid"), w.get("create_time")) for w in workers):
-            return "queued"
+    if executor not in ("local", "debug"):
+        return None
+    # The recorded workers are submitit's controllers; the processes that take runs record
+    # themselves (worker files), and go on as orphans when a controller dies.
+    folder = record.get("folder")
+    recorded = [w for w in live_workers(folder) if _alive(w)] if folder else []
+    if executor == "debug" and not recorded:
+        # The launching process is the worker and may live on (a notebook) after an interrupted
+        # launch: only while it is still working through the runs do they count as queued/running.
+        return None
+    if job is not None and not job.get("ended_at") and not job.get("cancelled") and _alive(job):
+        return "running"
+    if job is None and (recorded or any(_alive(w) for w in record.get("workers") or [])):
+        return "queued"
     return None
+
+
+def _alive(entry: dict[str, Any]) -> bool:
+    return process_alive(entry.get("pid"), entry.get("create_time"))
+
+
+def lock_holder(lock: Path) -> int | None:
+    """The pid on the first line of a held lock file (:func:`scaling.io.exclusive_lock` writes it;
+    for display: the lock itself is the truth, and the holder may run on another machine)."""
+    try:
+        first = lock.read_text().split("\n", 1)[0].strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(first) if first.isdigit() else None
+
+
+def local_holder(lock: Path) -> int | None:
+    """The pid of the lock's holder when it is a process on this machine that has the lock file
+    open (so signalling it cannot hit an unrelated process, e.g. a pid from another node)."""
+    pid = lock_holder(lock)
+    if pid is None:
+        return None
+    import psutil
+
+    target = os.path.realpath(lock)
+    try:
+        files = psutil.Process(pid).open_files()
+    except (psutil.Error, OSError):
+        return None
+    return pid if any(os.path.realpath(f.path) == target for f in files) else None
 
 
 def slurm_problem() -> str | None:

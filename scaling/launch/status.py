@@ -8,13 +8,16 @@
     >>> from scaling.launch import cancel; cancel("runs/quickstart", only=[...])  # scaling cancel
 
 States: ``planned`` (never submitted), ``queued``, ``running``, ``success``, ``failed``, ``diverged``,
-``cancelled``, ``timed-out``, and ``unknown`` (submitted, no result yet, scheduler unreachable).
+``cancelled``, ``timed-out``, ``unknown`` (submitted, no result yet, scheduler unreachable) and
+``unreadable`` (a record of the run cannot be interpreted: the reason is shown; launch leaves it alone).
 They come from, in order of precedence:
 
+0. the run's lock (:data:`~scaling.runspec.RUN_LOCK`): held means a trainer is running it, whatever
+   the records say (it dies with its process, so it is never stale); its pid is shown;
 1. ``runs/<id>/result.json`` written by the job (:mod:`scaling.train`) after the latest submission
    with a final status (success, failed, diverged);
 2. the scheduler, for a job that is still queued or running: SLURM's ``squeue`` (plus ``sacct`` when
-   accounting is on), the worker processes of the local executor;
+   accounting is on), the worker processes of the local and debug executors;
 3. how the job ended: a ``cancelled`` result (``SIGTERM``: cancelled; ``SIGUSR2``, the time-out and
    preemption signal, with the job gone: timed-out), SLURM's final state, ``scaling cancel``'s mark,
    the job's own record of an exception (``launch/<submission>/jobs/<id>.json``, submitit's result
@@ -32,17 +35,28 @@ import math
 from pathlib import Path
 from typing import Any
 
-from scaling.launch.records import RECORD, job_file, progress, read_manifest
+from scaling.io import is_locked
+from scaling.launch.records import (
+    Unreadable,
+    progress,
+    read_job,
+    read_manifest,
+    read_record,
+    read_result,
+)
 from scaling.launch.scheduler import (
     SLURM_ENDED,
+    lock_holder,
     scheduler_state,
     slurm_states,
     submitit_error,
 )
-from scaling.runspec import FINAL, budget_label, read_json_or_none
+from scaling.runspec import FINAL, RESULT_FILE, RUN_LOCK, SPEC_FILE, budget_label, read_json_or_none
 
 STATES = ("planned", "queued", "running", "success", "failed", "diverged", "cancelled", "timed-out",
-          "unknown")  # fmt: skip
+          "unknown", "unreadable")  # fmt: skip
+ERROR_STATES = ("failed", "timed-out", "unknown", "unreadable")
+"""States whose ``error`` says what went wrong (listed under the table)."""
 RELAUNCH = ("planned", "failed", "cancelled", "timed-out")
 """States ``scaling launch`` submits again (``--force`` adds success and diverged)."""
 
@@ -65,6 +79,11 @@ class RunStatus:
     error: str | None = None
     log: str | None = None
     submitted_at: float | None = None
+    pid: int | None = None
+    """The trainer's pid while the run's lock is held (it may be a process on another machine)."""
+    note: str | None = None
+    """A problem that leaves the state standing (unreadable metrics, an unreadable record of a run
+    whose lock is held)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,15 +91,15 @@ class RunStatus:
 
 def run_state(run_path: Path, record: dict[str, Any] | None, result: dict[str, Any] | None,
               job: dict[str, Any] | None, slurm: dict[str, str] | None) -> tuple[str, str | None]:  # fmt: skip
-    """(state, error) of one run; see the module docstring for the rules."""
+    """(state, error) of one run from its type-checked records; see the module docstring."""
+    if is_locked(run_path / RUN_LOCK):
+        return "running", None
     if record is None:
         return (
-            (result.get("status", "failed"), result.get("error")) if result else ("planned", None)
+            (result.get("status") or "failed", result.get("error")) if result else ("planned", None)
         )
-    fresh = (
-        result is not None
-        and (run_path / "result.json").stat().st_mtime >= record.get("submitted_at", 0) - 1.0
-    )
+    submitted = record.get("submitted_at") or 0.0
+    fresh = result is not None and _mtime(run_path / RESULT_FILE) >= submitted - 1.0
     status = result.get("status") if fresh else None
     if status in FINAL:
         return status, result.get("error")
@@ -101,6 +120,14 @@ def run_state(run_path: Path, record: dict[str, Any] | None, result: dict[str, A
     if sched == "unknown":
         return "unknown", "scheduler unreachable"
     return "failed", f"job {record.get('job_id')} ended without a result (log: {record.get('log')})"
+
+
+def _mtime(path: Path) -> float:
+    """Modification time, or -inf for a file gone since it was read (moved by a forced relaunch)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("-inf")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,53 +163,98 @@ class SweepStatus:
         }  # fmt: skip
 
 
+@dataclasses.dataclass
+class RunFiles:
+    """What one run's files say: launch record, result and job record (None: absent), or the reason
+    one of them cannot be read."""
+
+    record: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    job: dict[str, Any] | None = None
+    problem: str | None = None
+
+
+def read_run(run_path: Path) -> RunFiles:
+    """The run's records, type-checked; an unreadable one is reported, not raised."""
+    files = RunFiles()
+    try:
+        files.record = read_record(run_path)
+        files.result = read_result(run_path)
+        record = files.record or {}
+        files.job = read_job(record.get("folder"), run_path.name)
+    except Unreadable as e:
+        files.problem = str(e)
+    return files
+
+
 def collect(run_dir: str | Path, only: list[str] | None = None) -> SweepStatus:
     """The state, progress and last loss of every run (or of ``only``) in ``run_dir``."""
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    rows = manifest.to_dicts()
+    rows = read_manifest(run_dir).to_dicts()
     if only is not None:
         wanted = set(only)
         rows = [r for r in rows if r["run_id"] in wanted]
-    records = {
-        r["run_id"]: read_json_or_none(run_dir / "runs" / r["run_id"] / RECORD) for r in rows
-    }
-    results = {r["run_id"]: read_json_or_none(run_dir / "runs" / r["run_id"] / "result.json")
-               for r in rows}  # fmt: skip
+    files = {r["run_id"]: read_run(run_dir / "runs" / r["run_id"]) for r in rows}
     slurm_ids = [
-        str(rec["job_id"]) for rid, rec in records.items()
-        if rec and rec.get("executor") == "slurm" and (results[rid] or {}).get("status") not in FINAL
+        str(f.record["job_id"]) for f in files.values()
+        if f.record and f.record.get("executor") == "slurm" and f.record.get("job_id") is not None
+        and (f.result or {}).get("status") not in FINAL
     ]  # fmt: skip
     slurm = slurm_states(slurm_ids)
-    out = []
-    for row in rows:
-        rid = row["run_id"]
-        path = run_dir / "runs" / rid
-        record, result = records[rid], results[rid]
-        job = read_json_or_none(job_file(record["folder"], rid)) if record else None
-        state, error = run_state(path, record, result, job, slurm)
-        tokens, last, last_eval = progress(path)
-        if result is not None and result.get("tokens") is not None:
-            tokens = max(tokens or 0, int(result["tokens"]))
-            last_eval = (
-                result.get("final_eval_loss", last_eval) if state == "success" else last_eval
-            )
-        fpt = float(row.get("flops_per_token") or 0.0)
-        out.append(
-            RunStatus(
-                run_id=rid, method=row.get("method", ""), dial=row.get("dial") or "",
-                budget=float(row.get("budget") or 0.0), state=state,
-                executor=(record or {}).get("executor"),
-                job_id=(record or {}).get("job_id") or (job or {}).get("job_id"),
-                tokens_done=tokens or 0, tokens_planned=int(row.get("tokens") or 0),
-                flops_done=(tokens or 0) * fpt, flops_planned=float(row.get("realised_flops") or 0),
-                last_loss=last, eval_loss=last_eval, error=error,
-                log=(record or {}).get("log") or (job or {}).get("log"), submitted_at=(record or {}).get("submitted_at"),
-            )
-        )  # fmt: skip
+    out = [_run_status(run_dir / "runs" / row["run_id"], row, files[row["run_id"]], slurm)
+           for row in rows]  # fmt: skip
     meta = read_json_or_none(run_dir / "sweep.json") or {}
     reachable = None if not slurm_ids else slurm is not None
-    return SweepStatus(str(run_dir), meta.get("sweep"), out, reachable)
+    name = meta.get("sweep")
+    return SweepStatus(str(run_dir), name if isinstance(name, str) else None, out, reachable)
+
+
+def _run_status(path: Path, row: dict[str, Any], f: RunFiles,
+                slurm: dict[str, str] | None) -> RunStatus:  # fmt: skip
+    """One run's line: its state (the lock first), progress, and what to show about it."""
+    locked = is_locked(path / RUN_LOCK)
+    note = None
+    if locked:  # a trainer holds it: running, even when a record of it cannot be read
+        state, error, note = "running", None, f.problem
+    elif f.problem:
+        state, error = "unreadable", f.problem
+    elif not (path / SPEC_FILE).is_file():
+        state = "unreadable"
+        error = (f"no runs/{path.name}/{SPEC_FILE}: its planning was interrupted (or is being "
+                 "written); run the same `scaling sweep` again")  # fmt: skip
+    else:
+        state, error = run_state(path, f.record, f.result, f.job, slurm)
+    record, job, result = f.record or {}, f.job or {}, f.result or {}
+    p = progress(path)
+    tokens, last_eval = p.tokens, p.eval_loss
+    if result.get("tokens") is not None:
+        tokens = max(tokens or 0, int(result["tokens"]))
+        if state == "success" and result.get("final_eval_loss") is not None:
+            last_eval = float(result["final_eval_loss"])
+    fpt = _number(row.get("flops_per_token"))
+    job_id = record.get("job_id") or job.get("job_id")
+    return RunStatus(
+        run_id=row["run_id"], method=_text(row.get("method")), dial=_text(row.get("dial")),
+        budget=_number(row.get("budget")), state=state, executor=record.get("executor"),
+        job_id=None if job_id is None else str(job_id),
+        tokens_done=tokens or 0, tokens_planned=int(_number(row.get("tokens"))),
+        flops_done=(tokens or 0) * fpt, flops_planned=_number(row.get("realised_flops")),
+        last_loss=p.loss, eval_loss=last_eval, error=error,
+        log=record.get("log") or job.get("log"), submitted_at=record.get("submitted_at"),
+        pid=lock_holder(path / RUN_LOCK) if locked else None,
+        note="; ".join(x for x in (note, p.problem) if x) or None,
+    )  # fmt: skip
+
+
+def _number(value: Any) -> float:
+    """A manifest cell as a finite number (0 for a missing or mistyped one: display only)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0
+    return float(value)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,7 +284,8 @@ def render(s: SweepStatus) -> str:
     header = ("run id", "budget", "method", "dial", "state", "job", "tokens done/planned", "loss",
               "eval")  # fmt: skip
     rows = [
-        (r.run_id, budget_label(r.budget), r.method, r.dial, r.state, r.job_id or "-",
+        (r.run_id, budget_label(r.budget), r.method, r.dial, r.state,
+         r.job_id or (f"pid {r.pid}" if r.pid is not None else "-"),
          f"{_si(r.tokens_done)}/{_si(r.tokens_planned)} "
          f"{100 * r.tokens_done / r.tokens_planned if r.tokens_planned else 0:3.0f}%",
          _loss(r.last_loss), _loss(r.eval_loss))
@@ -229,9 +302,12 @@ def render(s: SweepStatus) -> str:
     d = s.to_dict()["summary"]
     lines = [f"sweep {s.sweep or '?'} in {s.run_dir}: {len(s.runs)} run(s)", "",
              fmt(header), *map(fmt, rows)]  # fmt: skip
-    errors = [r for r in s.runs if r.error and r.state in ("failed", "timed-out", "unknown")]
+    errors = [r for r in s.runs if r.error and r.state in ERROR_STATES]
     if errors:
         lines += ["", "errors:", *(f"  {r.run_id}: {r.error}" for r in errors)]
+    notes = [r for r in s.runs if r.note]
+    if notes:
+        lines += ["", "notes:", *(f"  {r.run_id}: {r.note}" for r in notes)]
     if s.scheduler_reachable is False:
         lines += ["", "note: SLURM did not answer (squeue); states of unfinished jobs are unknown"]
     counts = ", ".join(f"{n} {state}" for state, n in s.counts.items()) or "no runs"

@@ -11,7 +11,8 @@ themselves at their time limit), ``local`` (worker processes; the default when n
 answers) and ``debug`` (in this process).
 
 Idempotent: a launch submits only runs that are planned, failed, cancelled or timed out — never one
-that is queued or running, and a finished one (success, diverged) only with ``force`` (its outputs
+that is queued or running (a run whose lock a trainer holds is running, whatever its records say;
+an unreadable one is left alone too), and a finished one (success, diverged) only with ``force`` (its outputs
 are first moved to ``runs/<id>/archive/<time>/``). A lock file serialises concurrent launches. The
 records stay in the run directory, so ``scaling status`` works from any shell, later:
 
@@ -43,13 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from scaling.errors import ScalingError
-from scaling.io import write_json
-from scaling.launch.executors import run_debug, sbatch_script, submit
-from scaling.launch.records import RECORD, check_only, lock, read_manifest
+from scaling.io import is_locked, write_json
+from scaling.launch.executors import run_debug, sbatch_script, submit, worker_record
+from scaling.launch.records import RECORD, Unreadable, check_only, lock, read_manifest, read_result
 from scaling.launch.scheduler import default_executor, slurm_problem
 from scaling.launch.spec import LaunchSpec, parse_time
 from scaling.launch.status import RELAUNCH, RunStatus, collect
-from scaling.runspec import METRICS_FILE, RESULT_FILE, SWEEP_FILE, read_json_or_none
+from scaling.runspec import METRICS_FILE, RESULT_FILE, RUN_LOCK, SWEEP_FILE, read_json_or_none
 
 STARTUP_S = 120.0
 """Seconds a job spends outside the training loop (start-up, model and data loading, evaluation)."""
@@ -58,14 +59,20 @@ MIN_TIME_MIN = 5
 signalled as it starts (docs/slurm-on-localhost.md)."""
 DEFAULT_TIME = "01:00:00"
 """``auto`` without any throughput figure; a run that needs longer requeues and resumes."""
-ARCHIVED = (RESULT_FILE, METRICS_FILE, "checkpoints", "model")
+ARCHIVED = (RESULT_FILE, METRICS_FILE, "metrics.segments", "checkpoints", "model")
 """What a forced re-run moves aside (never deletes)."""
 
 
 def resolve_options(run_dir: Path, overrides: dict[str, Any] | None = None) -> LaunchSpec:
     """The spec's ``[launch]`` table (from ``sweep.json``), then ``overrides`` (unset ones ignored)."""
     meta = read_json_or_none(run_dir / SWEEP_FILE) or {}
-    base = dict((meta.get("spec") or {}).get("launch") or {})
+    spec = meta.get("spec")
+    base = spec.get("launch") if isinstance(spec, dict) else None
+    if base is not None and not isinstance(base, dict):
+        raise ScalingError(f"{run_dir / SWEEP_FILE}: spec.launch must be a table")
+    base = dict(base or {})
+    if not isinstance(base.get("slurm_extra", {}), dict):
+        raise ScalingError(f"{run_dir / SWEEP_FILE}: spec.launch.slurm_extra must be a table")
     extra = {**base.get("slurm_extra", {}), **(overrides or {}).get("slurm_extra", {})}
     merged = base | {k: v for k, v in (overrides or {}).items() if v is not None}
     return LaunchSpec.from_dict(merged | {"slurm_extra": extra}, where="launch options")
@@ -75,12 +82,16 @@ def measured_throughput(run_dir: Path) -> dict[str, float]:
     """FLOP/s per method (and ``""`` over all) from the sweep's successful results: realised FLOPs
     over wall time (start-up and evaluation included), at most the training loop's own rate."""
     per: dict[str, list[float]] = {}
-    for path in sorted((run_dir / "runs").glob("*/result.json")):
-        r = read_json_or_none(path) or {}
+    for path in sorted((run_dir / "runs").glob(f"*/{RESULT_FILE}")):
+        try:
+            r = read_result(path.parent) or {}
+        except Unreadable:  # status shows it; it just measures nothing
+            continue
         flops, wall = r.get("flops"), r.get("wall_time_s")
-        if r.get("status") == "success" and flops and wall and wall > 0:
-            rate = float(flops) / float(wall)  # a resumed run's wall time is its last attempt's:
-            if r.get("tokens_per_s") and r.get("flops_per_token"):  # bound it by the loop's rate
+        if r.get("status") == "success" and (flops or 0) > 0 and (wall or 0) > 0:
+            rate = float(flops) / float(wall)
+            # A resumed run's wall time is its last attempt's: bound it by the loop's own rate.
+            if (r.get("tokens_per_s") or 0) > 0 and (r.get("flops_per_token") or 0) > 0:
                 rate = min(rate, float(r["tokens_per_s"]) * float(r["flops_per_token"]))
             per.setdefault(str(r.get("method")), []).append(rate)
     out = {m: statistics.median(v) for m, v in per.items()}
@@ -148,38 +159,55 @@ def launch(run_dir: str | Path, opts: LaunchSpec | dict[str, Any] | None = None,
     executor = opts.executor or default_executor()
     if executor == "slurm" and not dry_run and (problem := slurm_problem()) is not None:
         raise ScalingError(f"cannot submit to SLURM: {problem}")
-    with lock(run_dir) if not dry_run else contextlib.nullcontext():
-        current = collect(run_dir, only)
-        wanted = RELAUNCH + (("success", "diverged") if force else ())
-        chosen = [r for r in current.runs if r.state in wanted]
-        skipped = dict(Counter(r.state for r in current.runs if r.state not in wanted))
-        minutes, estimates, source = time_limits(run_dir, chosen, opts)
-        name = f"scaling-{current.sweep or run_dir.name}"
-        sub = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-        folder = run_dir / "launch" / sub
-        out = Launched(str(run_dir), executor, None if dry_run else sub,
-                       [r.run_id for r in chosen], [], skipped, minutes if chosen else None,
-                       source, estimates, dry_run, None, 0.0)  # fmt: skip
-        if executor == "slurm" and chosen:
-            out.script = sbatch_script(opts, folder=folder, tasks=len(chosen), name=name,
-                                       minutes=minutes)  # fmt: skip
-        if dry_run or not chosen:
-            out.submission = None
-            return out
-        start = time.perf_counter()
-        for r in chosen:
-            if r.state in ("success", "diverged"):
-                archive(run_dir / "runs" / r.run_id)
-        paths = [str(run_dir / "runs" / r.run_id) for r in chosen]
-        out.job_ids, extra = submit(executor, opts, folder, paths, name, minutes, target)
-        _write_records(run_dir, folder, executor, out, minutes, estimates, extra, opts)
-        out.wall_s = time.perf_counter() - start
-        write_json(
-            folder / "submission.json", dataclasses.asdict(out) | {"options": opts.to_dict()}
-        )
-    if executor == "debug":
-        run_debug(extra["jobs"])
+    with contextlib.ExitStack() as running:
+        with lock(run_dir) if not dry_run else contextlib.nullcontext():
+            current = collect(run_dir, only)
+            wanted = RELAUNCH + (("success", "diverged") if force else ())
+            chosen = [r for r in current.runs if r.state in wanted]
+            skipped = dict(Counter(r.state for r in current.runs if r.state not in wanted))
+            chosen = _not_locked_since(run_dir, chosen, skipped)
+            minutes, estimates, source = time_limits(run_dir, chosen, opts)
+            name = f"scaling-{current.sweep or run_dir.name}"
+            sub = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+            folder = run_dir / "launch" / sub
+            out = Launched(str(run_dir), executor, None if dry_run else sub,
+                           [r.run_id for r in chosen], [], skipped, minutes if chosen else None,
+                           source, estimates, dry_run, None, 0.0)  # fmt: skip
+            if executor == "slurm" and chosen:
+                out.script = sbatch_script(opts, folder=folder, tasks=len(chosen), name=name,
+                                           minutes=minutes)  # fmt: skip
+            if dry_run or not chosen:
+                out.submission = None
+                return out
+            start = time.perf_counter()
+            for r in chosen:
+                if r.state in ("success", "diverged"):
+                    archive(run_dir / "runs" / r.run_id)
+            paths = [str(run_dir / "runs" / r.run_id) for r in chosen]
+            out.job_ids, extra = submit(executor, opts, folder, paths, name, minutes, target)
+            if executor == "debug":  # recorded before the runs are: none looks abandoned meanwhile
+                running.enter_context(worker_record(folder))
+            _write_records(run_dir, folder, executor, out, minutes, estimates, extra, opts)
+            out.wall_s = time.perf_counter() - start
+            write_json(
+                folder / "submission.json", dataclasses.asdict(out) | {"options": opts.to_dict()}
+            )
+        if executor == "debug":  # outside the launch lock, so that `scaling cancel` can act
+            run_debug(extra["jobs"])
     return out
+
+
+def _not_locked_since(run_dir: Path, chosen: list[RunStatus], skipped: dict[str, int]
+                      ) -> list[RunStatus]:  # fmt: skip
+    """``chosen`` less the runs a trainer has locked since ``collect`` looked (counted as running in
+    ``skipped``): a run whose lock is held is never submitted, nor are its outputs archived."""
+    free = []
+    for r in chosen:
+        if is_locked(run_dir / "runs" / r.run_id / RUN_LOCK):
+            skipped["running"] = skipped.get("running", 0) + 1
+        else:
+            free.append(r)
+    return free
 
 
 def archive(run_path: Path) -> None:
@@ -196,7 +224,8 @@ def _write_records(run_dir: Path, folder: Path, executor: str, out: Launched, mi
     for i, (rid, jid) in enumerate(zip(out.run_ids, out.job_ids, strict=True)):
         path = run_dir / "runs" / rid / RECORD
         old = read_json_or_none(path) or {}
-        history = [*old.pop("history", []), old] if old else []
+        earlier = old.pop("history", [])  # checked by collect; a list unless edited since
+        history = [*(earlier if isinstance(earlier, list) else []), old] if old else []
         log = str(folder / f"{jid}_0_log.out") if executor == "slurm" else None
         record = {"run_id": rid, "submission": out.submission, "folder": str(folder),
                   "executor": executor, "job_id": jid if executor != "local" else None,

@@ -129,6 +129,11 @@ def centred_grid(
     """Configs whose trainable-parameter counts lie nearest to ``grid.points`` log-spaced targets
     within ±``grid.half_width`` decades of ``target``, moving ``dial`` (default: the method's own)
     for each combination of the other axes."""
+    # A target of 0 or inf (an extreme law at an extreme budget) has no nearest valid dial value.
+    check(
+        math.isfinite(target) and target > 0,
+        f"cannot centre a grid on N*={target:g} parameters: the fit's law gives no usable size here",
+    )
     dial = dial or type(base[0]).dial
     values = dial_values(dial, arch)
     if not values:

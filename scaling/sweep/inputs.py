@@ -36,6 +36,16 @@ from scaling.config import check_positive_number
 from scaling.errors import ScalingError
 from scaling.io import read_json
 
+MIN_BUDGET, MAX_BUDGET = 1.0, 1e40
+"""Budgets the planner accepts, in FLOPs. 1e40 is 10¹³ times the largest training run to date: beyond
+it a budget is a typo (1e300 made a 290-digit step count), and within it a fit's N*(C) is evaluated
+without overflow (see :data:`MAX_LAW_EXPONENT`)."""
+MAX_LAW_EXPONENT = 3.0
+"""|a| of a fit's N*(C) = A·C^a (compute-optimal exponents are near 0.5). With budgets in
+[MIN_BUDGET, MAX_BUDGET] and A in [1/MAX_LAW_COEFFICIENT, MAX_LAW_COEFFICIENT], C^a and A·C^a stay
+finite and non-zero: the planner's arithmetic on a law cannot overflow."""
+MAX_LAW_COEFFICIENT = 1e100
+
 
 def parse_budgets(items: list[str] | str) -> list[float]:
     """``["1e17", "3e17"]`` or ``["1e16:1e18:5"]`` (geometric, 3 significant digits) → sorted budgets."""
@@ -77,6 +87,10 @@ def check_budgets(budgets: list[float]) -> list[float]:
         )
     for b in budgets:
         check_positive_number("budget", b)
+        if not MIN_BUDGET <= b <= MAX_BUDGET:
+            raise ScalingError(
+                f"budgets must lie between {MIN_BUDGET:g} and {MAX_BUDGET:g} FLOPs; got {b:g}"
+            )
     return sorted({float(b) for b in budgets})
 
 
@@ -144,20 +158,44 @@ def read_fit(source: str | Path | dict[str, Any]) -> FitLaws:
         raise ScalingError(f"fit {where} has no 'methods' table")
     out, conventions, missing, lrs = {}, {}, {}, {}
     for name, entry in table.items():
-        if isinstance(entry, dict) and isinstance(entry.get("best_lr_multiplier"), (int, float)):
-            lrs[name] = float(entry["best_lr_multiplier"])
+        lr = entry.get("best_lr_multiplier") if isinstance(entry, dict) else None
+        if lr is not None:
+            value = _number(lr)
+            if not (value is not None and math.isfinite(value) and value > 0):
+                raise ScalingError(f"fit {where}: methods.{name}.best_lr_multiplier must be a "
+                                   f"positive number; got {lr!r}")  # fmt: skip
+            lrs[name] = value
         if isinstance(entry, dict) and entry.get("optimal_params", 0) is None:
             missing[name] = str(entry.get("optimal_params_reason") or "the fit found no N*(C) law")
             continue
-        try:
-            law = entry["optimal_params"]
-            A, a = float(law["A"]), float(law["a"])
-        except (KeyError, TypeError, ValueError):
-            raise ScalingError(
-                f"fit {where}: methods.{name}.optimal_params needs numbers A and a"
-            ) from None
-        if not (math.isfinite(A) and A > 0 and math.isfinite(a)):
-            raise ScalingError(f"fit {where}: methods.{name}: A must be positive, a finite")
+        law = entry.get("optimal_params") if isinstance(entry, dict) else None
+        A, a = (_number(law.get(k)) for k in "Aa") if isinstance(law, dict) else (None, None)
+        if A is None or a is None:
+            raise ScalingError(f"fit {where}: methods.{name}.optimal_params needs numbers A and a")
+        _check_law(f"fit {where}: methods.{name}", A, a)
         out[name] = (A, a)
         conventions[name] = str(law.get("n", "trainable"))
     return FitLaws(out, conventions, missing, lrs)
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number as a float (an integer too large for one: inf); None for anything else — a bool
+    (``true`` would read as 1), a string, null."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _check_law(where: str, A: float, a: float) -> None:
+    """A law the planner can evaluate at any budget it accepts (see :data:`MAX_LAW_EXPONENT`)."""
+    if not (math.isfinite(A) and A > 0 and math.isfinite(a)):
+        raise ScalingError(f"{where}: A must be positive, a finite")
+    if not (1 / MAX_LAW_COEFFICIENT <= A <= MAX_LAW_COEFFICIENT and abs(a) <= MAX_LAW_EXPONENT):
+        raise ScalingError(
+            f"{where}: N*(C) = {A:.3g}·C^{a:.3g} is not a usable law (A must lie within "
+            f"{1 / MAX_LAW_COEFFICIENT:g}…{MAX_LAW_COEFFICIENT:g} and a within ±{MAX_LAW_EXPONENT:g}; "
+            "compute-optimal exponents are near 0.5)"
+        )

@@ -27,7 +27,7 @@ from scaling.config import (
     check_choice,
     check_positive_int,
     check_positive_number,
-    tomllib,
+    read_toml,
 )
 from scaling.errors import ScalingError
 from scaling.launch.spec import LaunchSpec
@@ -311,6 +311,11 @@ class SweepSpec(Config):
             f"batch_tokens ({self.batch_tokens}) must be a multiple of seq_len × micro_batch_size "
             f"({sequences})",
         )
+        # A string is iterable too: without this check "lots" would be judged letter by letter.
+        check(
+            isinstance(self.budgets, list),
+            f"budgets must be a list of numbers (FLOPs); got {self.budgets!r}",
+        )
         for b in self.budgets:
             check_positive_number("budgets", b)
         check(isinstance(self.seeds, list) and self.seeds != [], "seeds must be a non-empty list")
@@ -360,14 +365,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _layers(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if not path.is_file():
-        raise ScalingError(f"sweep spec not found: {path}")
     if path.resolve() in seen:
         raise ScalingError(f"{path} extends itself (through {' → '.join(map(str, seen))})")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ScalingError(f"cannot parse {path}: {e}") from None
+    data = read_toml(path, "sweep spec")
     data.setdefault("name", path.stem)
     parent = data.pop("extends", None)
     if parent is None:

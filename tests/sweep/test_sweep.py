@@ -16,6 +16,7 @@ import pytest
 from scaling import flops, methods, sweep
 from scaling.arch import resolve_arch, tiny_config
 from scaling.errors import ScalingError
+from scaling.runspec import SWEEP_LOCK
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = ROOT / "sweeps"
@@ -366,9 +367,14 @@ def test_replanning_is_a_noop_and_new_budgets_only_add(tmp_path):
     out = tmp_path / "out"
     spec = sweep.load_spec()
     sweep.write(sweep.build_plan(spec, [1e18]), out)
-    first = {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()}
+
+    def outputs() -> dict[Path, int]:  # the lock file records its latest holder: not an output
+        files = [f for f in out.rglob("*") if f.is_file() and f.name != SWEEP_LOCK]
+        return {f: f.stat().st_mtime_ns for f in files}
+
+    first = outputs()
     assert sweep.write(sweep.build_plan(spec, [1e18]), out) == []
-    assert {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()} == first
+    assert outputs() == first
     added = sweep.write(sweep.build_plan(spec, [1e18, 3e18]), out)
     assert len(added) == 11 and all(r.budget == 3e18 for r in added)
     for f, mtime in first.items():  # existing run specs untouched
