@@ -13,7 +13,9 @@ Each stage's ``cli`` module (:mod:`scaling.methods.cli`, :mod:`scaling.sweep.cli
 :mod:`scaling.train.cli`, :mod:`scaling.launch.cli`, :mod:`scaling.fit.cli`) exports ``COMMANDS``:
 name → (help, example, add_arguments, run). This module imports them and is imported by none: it owns
 the one mapping of errors to exit codes (a :class:`~scaling.errors.ScalingError` is one line on stderr
-and exit 2, never a traceback; a usage error is one line and exit 2).
+and exit 2, never a traceback; a usage error is one line and exit 2; an :class:`OSError` that escapes a
+command — a full disk, a permission refused — is one line and exit 1: the environment failed, not the
+input; Ctrl-C is exit 130).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import argparse
 import sys
 import typing
 
-from scaling.errors import ScalingError
+from scaling.errors import ScalingError, one_line
 
 
 class Parser(argparse.ArgumentParser):
@@ -77,7 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except OSError as e:  # the last safety net: a user reads one line, never a traceback
+        print(f"scaling {args.command}: {os_error_line(e)}", file=sys.stderr)
+        return 1
     return code or 0
+
+
+def os_error_line(e: OSError) -> str:
+    """``<strerror>: <filename>`` (or the message alone when the OS named no file), on one line."""
+    files = [str(f) for f in (e.filename, e.filename2) if f is not None]
+    return ": ".join([one_line(e) if e.strerror is None else e.strerror, *files])
 
 
 if __name__ == "__main__":

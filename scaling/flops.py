@@ -748,6 +748,8 @@ def parse_bytes(text: str) -> float:
         scale = units[t[len(num) :]]
     except (ValueError, KeyError):
         raise ValueError(f"cannot read a memory size from {text!r} (e.g. 12GB, 11.5GiB)") from None
-    if not value > 0:
-        raise ValueError(f"memory size must be positive; got {text!r}")
+    # float() reads "inf", "nan" and "1e400" (→ inf): no card has that much memory, and an infinite
+    # capacity would make every configuration "fit".
+    if not 0 < value * scale < float("inf"):  # False for nan too
+        raise ValueError(f"memory size must be a positive, finite amount; got {text!r}")
     return value * scale

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sweep run directories, or one CSV/Parquet table of runs; a leading "
                              ".toml is a fit spec (see analysis/)")  # fmt: skip
     parser.add_argument("--spec", help="fit spec TOML (default: built-in defaults)")
-    parser.add_argument("--out", help="output directory (default: RUN_DIR/fit or TABLE-fit)")
+    parser.add_argument("--out", help="output directory (default: RUN_DIR/fit or TABLE-fit); "
+                                      "replaced whole, and only if empty or a previous fit's")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the fit summary as JSON")
     parser.add_argument("--predict", nargs="+", type=float, metavar="C",
                         help="compute budgets (FLOPs) to print the optimal allocation and loss at")  # fmt: skip
@@ -89,7 +90,7 @@ def _spec(args: argparse.Namespace, spec_path: str | None):
 def run(args: argparse.Namespace) -> None:
     from scaling.fit.inputs import TABLE_COLUMNS, load_inputs
     from scaling.fit.pipeline import fit
-    from scaling.fit.report import clean_json, summary, write_outputs
+    from scaling.fit.report import check_out, clean_json, summary, write_outputs
 
     inputs = list(args.inputs)
     spec_path = args.spec
@@ -103,11 +104,12 @@ def run(args: argparse.Namespace) -> None:
     paths = [Path(p) for p in inputs]
     columns = {role: getattr(args, f"{role}_col") for role in TABLE_COLUMNS}
     data = load_inputs(paths, spec, table_columns=columns, cache=not args.no_cache)
+    out = Path(args.out) if args.out else data.default_out
+    check_out(out)  # before the fit: a bad --out costs seconds, not a fit
     for w in data.warnings:
         print(f"warning: {w}", file=sys.stderr)
     report = fit(data.table, spec, data.cols, curves=data.curves, source=data.source,
                  inputs=[str(p) for p in paths])  # fmt: skip
-    out = Path(args.out) if args.out else data.default_out
     written = write_outputs(report, out, plots=not args.no_plots)
     if args.json:
         print(json.dumps(clean_json(_json_summary(report, out)), indent=2))

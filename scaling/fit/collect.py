@@ -32,7 +32,7 @@ from typing import Any
 
 import polars as pl
 
-from scaling.errors import ScalingError
+from scaling.errors import ScalingError, one_line
 from scaling.io import atomic_dir, write_json
 
 CACHE_DIR = ".collect"
@@ -105,6 +105,8 @@ def collect_dir(run_dir: str | Path, *, cache: bool = True) -> Collected:
                 write_json(tmp / "key.json", {"key": key, "warnings": warnings})
         except OSError as e:
             warnings.append(f"{root}: cache not written ({e.strerror or e})")
+        except ScalingError as e:  # a .collect that is not our cache is left alone: the fit goes on
+            warnings.append(f"{root}: cache not written ({e})")
     return result
 
 
@@ -148,11 +150,80 @@ def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return data, None
 
 
+RESULT_TEXT = ("status", "error", "method", "dial", "sweep", "backbone")
+"""Fields of result.json the fit reads as text; the others it reads (numbers) are below."""
+RESULT_NUMBERS = (*(f for f in RESULT_FIELDS if f not in RESULT_TEXT), "budget", "seed")
+SPEC_TEXT = ("sweep", "method", "dial", "dial_name", "backbone")
+SPEC_NUMBERS = ("budget", "seed", "steps", "tokens", "realised_flops", "flops_per_token",
+                "trainable_params", "backbone_params", "seq_len", "micro_batch_size",
+                "batch_tokens")  # fmt: skip
+INT64 = (-(2**63), 2**63 - 1)
+CURVE_TYPES = {"kind": "text", "step": "numbers", "tokens": "numbers", "flops": "numbers",
+               "loss": "numbers"}  # fmt: skip
+"""What the curve columns of a metrics.parquet hold; a run whose file disagrees has no curve."""
+
+
+def _manifest(root: Path) -> list[dict[str, Any]]:
+    """The manifest's rows, or a one-line error naming it (not Parquet, unreadable, no run ids)."""
+    path = root / "manifest.parquet"
+    try:
+        table = pl.read_parquet(path)
+    except OSError as e:
+        raise ScalingError(f"cannot read {path}: {e.strerror or one_line(e)}") from None
+    except pl.exceptions.PolarsError as e:
+        raise ScalingError(f"corrupt {path}: {one_line(e).split(': ', 1)[-1]}") from None
+    if "run_id" not in table.columns:
+        raise ScalingError(f"corrupt {path}: it has no run_id column")
+    return list(table.iter_rows(named=True))
+
+
+def _mistyped(data: dict[str, Any], name: str, text: tuple[str, ...],
+              numbers: tuple[str, ...]) -> str | None:  # fmt: skip
+    """Why a field the fit reads from ``name`` has the wrong type (a string loss, a list for a
+    status, a count beyond int64), or None. A run with one is treated as if the file were corrupt
+    (excluded, or collected without it, with the reason) instead of failing the whole table."""
+    for key in (*text, *numbers):
+        value = data.get(key)
+        if value is None:
+            continue
+        if key in text and not isinstance(value, str):
+            return f"mistyped {name}: {key} must be text; got {_short(value)}"
+        if key in numbers and not _is_number(value):
+            return f"mistyped {name}: {key} must be a number; got {_short(value)}"
+    if not isinstance(data.get("optimizer") or {}, dict):
+        return f"mistyped {name}: optimizer must be a table; got {_short(data['optimizer'])}"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return not isinstance(value, int) or INT64[0] <= value <= INT64[1]
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _curve(path: Path, rid: str) -> tuple[pl.DataFrame | None, str | None]:
+    """A run's metrics.parquet with its run id, or why it is left out (unreadable, mistyped)."""
+    try:
+        m = pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        return None, f"{rid}: unreadable metrics.parquet ({one_line(e)})"
+    for col, what in CURVE_TYPES.items():
+        dtype = m.schema.get(col)
+        if dtype is not None and not (dtype == pl.String if what == "text" else dtype.is_numeric()):
+            return None, f"{rid}: metrics.parquet column {col} holds {dtype}, not {what}; no curve"
+    return m.with_columns(pl.lit(rid).alias("run_id")), None
+
+
 def _collect(root: Path) -> tuple[pl.DataFrame, pl.DataFrame | None, list[str]]:
     warnings: list[str] = []
     planned: dict[str, dict[str, Any]] = {}
     if (root / "manifest.parquet").is_file():
-        for row in pl.read_parquet(root / "manifest.parquet").iter_rows(named=True):
+        for row in _manifest(root):
             planned[str(row["run_id"])] = row
     run_dirs = {d.name: d for d in sorted((root / "runs").glob("*")) if d.is_dir()}
     for rid in run_dirs:
@@ -161,6 +232,7 @@ def _collect(root: Path) -> tuple[pl.DataFrame, pl.DataFrame | None, list[str]]:
     for rid, man in planned.items():
         d = run_dirs.get(rid, root / "runs" / rid)
         spec, err = _read_json(d / "spec.json") if (d / "spec.json").is_file() else ({}, None)
+        err = err or _mistyped(spec, "spec.json", SPEC_TEXT, SPEC_NUMBERS)
         if err:
             warnings.append(f"{rid}: {err}")
             spec = {}
@@ -190,6 +262,7 @@ def _collect(root: Path) -> tuple[pl.DataFrame, pl.DataFrame | None, list[str]]:
         }  # fmt: skip
         if (d / "result.json").is_file():
             result, err = _read_json(d / "result.json")
+            err = err or _mistyped(result, "result.json", RESULT_TEXT, RESULT_NUMBERS)
             if err:
                 row |= {"status": "unreadable", "error": err}
             else:
@@ -201,11 +274,11 @@ def _collect(root: Path) -> tuple[pl.DataFrame, pl.DataFrame | None, list[str]]:
                 if row["method_config"] is None and result.get("method_config") is not None:
                     row["method_config"] = _json(result["method_config"])
         if (d / "metrics.parquet").is_file():
-            try:
-                m = pl.read_parquet(d / "metrics.parquet")
-                curves.append(m.with_columns(pl.lit(rid).alias("run_id")))
-            except (OSError, pl.exceptions.PolarsError) as e:
-                warnings.append(f"{rid}: unreadable metrics.parquet ({e})")
+            curve, why = _curve(d / "metrics.parquet", rid)
+            if curve is not None:
+                curves.append(curve)
+            else:
+                warnings.append(why)
         full = row["method"] == "full"
         if row["trainable_params"] is not None and row["backbone_params"] is not None:
             row["total_params"] = row["backbone_params"] + (0 if full else row["trainable_params"])
@@ -214,12 +287,23 @@ def _collect(root: Path) -> tuple[pl.DataFrame, pl.DataFrame | None, list[str]]:
         rows.append(row)
     if not rows:
         raise ScalingError(f"{root} holds no runs")
-    table = pl.DataFrame(rows, infer_schema_length=None).with_columns(
-        [pl.col(c).cast(pl.Float64) for c in FLOAT_COLUMNS]
-    )
+    try:
+        table = pl.DataFrame(rows, infer_schema_length=None).with_columns(
+            [pl.col(c).cast(pl.Float64) for c in FLOAT_COLUMNS]
+        )
+    except (pl.exceptions.PolarsError, OverflowError, TypeError, ValueError) as e:
+        # result.json and spec.json are checked run by run above: what is left is the manifest's
+        raise ScalingError(f"{root}: mistyped fields in manifest.parquet "
+                           f"({(str(e).splitlines() or [repr(e)])[0]})") from None  # fmt: skip
     curve_table = None
     if curves:
-        curve_table = pl.concat(curves, how="diagonal_relaxed")
+        try:
+            curve_table = pl.concat(curves, how="diagonal_relaxed")
+        except pl.exceptions.PolarsError as e:  # other columns that disagree in type across runs
+            warnings.append(
+                f"{root}: the runs' metrics do not agree in type ({one_line(e)}); no curves"
+            )
+            return table, None, warnings
         missing = [c for c in CURVE_COLUMNS if c not in curve_table.columns]
         if missing:
             warnings.append(f"{root}: metrics lack column(s) {', '.join(missing)}; no curves")

@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 from pathlib import Path
 from typing import Any
 
-from scaling.errors import ScalingError
+from scaling.errors import ScalingError, one_line
 from scaling.fit import collect
 from scaling.fit.points import Columns
 from scaling.fit.spec import FitSpec
@@ -38,17 +39,47 @@ class Inputs:
 
 
 def read_table(path: Path):
-    """A CSV or Parquet table, or a one-line error."""
+    """A CSV or Parquet table, or a one-line error (missing, a folder, unreadable, corrupt)."""
     import polars as pl
 
+    if path.is_dir():
+        raise ScalingError(f"table {path} is a folder, not a CSV or Parquet file")
     if not path.is_file():
         raise ScalingError(f"table not found: {path}")
     try:
         if path.suffix == ".csv":
+            _check_text(path)
             return pl.read_csv(path, infer_schema_length=None)
         return pl.read_parquet(path)
-    except (OSError, pl.exceptions.PolarsError) as e:
+    except OSError as e:
+        raise ScalingError(f"cannot read {path}: {e.strerror or one_line(e)}") from None
+    except pl.exceptions.PolarsError as e:
         raise ScalingError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+
+
+def _check_text(path: Path, chunk: int = 1 << 20) -> None:
+    """Raise unless ``path`` is UTF-8 text without NUL bytes. polars reads binary junk as a table
+    with one mangled column and no rows (invalid UTF-8 in the header becomes U+FFFD), which the fit
+    would then call "empty": a corrupt file must be reported as corrupt."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            nul = block.find(b"\0")
+            if nul >= 0:
+                raise ScalingError(f"corrupt CSV {path}: binary data (a NUL byte at offset "
+                                   f"{offset + nul}), not text")  # fmt: skip
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError:
+                raise ScalingError(
+                    f"corrupt CSV {path}: not UTF-8 text (near byte {offset})"
+                ) from None
+            offset += len(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise ScalingError(f"corrupt CSV {path}: not UTF-8 text (it ends mid-character)") from None
 
 
 def load_inputs(paths: list[Path], spec: FitSpec, *, table_columns: dict[str, str | None] | None = None,

@@ -4,7 +4,10 @@
     >>> print(summary(report))
     >>> write_outputs(report, "runs/quickstart/fit")   # fits.json, frontier.parquet, *.png, *.pdf
 
-Every file is written atomically (a temporary file in the same folder, then a rename).
+The whole folder is written at once: built in a temporary sibling and swapped in by one rename
+(:func:`scaling.io.atomic_dir`), so a full disk or a crash leaves the previous output as it was, never
+a fits.json without its figures nor old figures beside a new fit. An existing folder is replaced only
+when it is a previous fit's output (:func:`is_fit_output`); anything else is refused, never deleted.
 """
 
 from __future__ import annotations
@@ -14,8 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
+from scaling.errors import ScalingError, one_line
 from scaling.fit.results import FitReport
-from scaling.io import write_json, write_parquet, write_text
+from scaling.io import (
+    atomic_dir,
+    check_replaceable,
+    check_writable,
+    write_json,
+    write_parquet,
+    write_text,
+)
+
+FIT_FILES = ("fits.json", "frontier.parquet", "summary.txt")
+FIGURE_SUFFIXES = (".png", ".pdf")
 
 
 def frontier_table(report: FitReport):
@@ -37,19 +51,49 @@ def frontier_table(report: FitReport):
     return pl.concat(parts, how="diagonal_relaxed")
 
 
-def write_outputs(report: FitReport, out: str | Path, *, plots: bool = True) -> list[Path]:
-    """fits.json, frontier.parquet, summary.txt and (unless ``plots`` is False) the figures."""
+def is_fit_output(path: Path) -> bool:
+    """A folder a previous ``scaling fit`` wrote: its fits.json and nothing but what a fit writes
+    (:data:`FIT_FILES` and its figures), so a folder where a user keeps anything else is refused."""
+    if not (path / "fits.json").is_file():
+        return False
+    from scaling.fit.plots import FIGURES
+
+    figures = {f"{name}{suffix}" for name in FIGURES for suffix in FIGURE_SUFFIXES}
+    return all(p.is_file() and p.name in {*FIT_FILES, *figures} for p in path.iterdir())
+
+
+def check_out(out: str | Path) -> None:
+    """Raise a one-line ScalingError unless ``write_outputs`` could write ``out``: absent, empty or a
+    previous fit's output, in a folder this process may create entries in. Checked before fitting,
+    so a bad ``--out`` costs seconds, not a fit."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "fits.json", out / "frontier.parquet", out / "summary.txt"]
-    write_json(written[0], clean_json(report.to_json()))
-    write_parquet(frontier_table(report), written[1])
-    write_text(written[2], summary(report) + "\n")
+    check_replaceable(out, is_fit_output)
+    check_writable(out)
+
+
+def write_outputs(report: FitReport, out: str | Path, *, plots: bool = True) -> list[Path]:
+    """fits.json, frontier.parquet, summary.txt and (unless ``plots`` is False) the figures, all or
+    nothing: on any failure ``out`` is left as it was and the error is one line."""
+    out = Path(out)
+    try:
+        with atomic_dir(out, owned=is_fit_output) as tmp:
+            names = _write_files(report, tmp, plots=plots)
+    except OSError as e:  # a full disk, a read-only parent: the previous output is still whole
+        raise ScalingError(f"cannot write {out}: {e.strerror or one_line(e)} "
+                           f"(nothing written; what was there is untouched)") from None  # fmt: skip
+    return [out / name for name in names]
+
+
+def _write_files(report: FitReport, folder: Path, *, plots: bool) -> list[str]:
+    write_json(folder / "fits.json", clean_json(report.to_json()))
+    write_parquet(frontier_table(report), folder / "frontier.parquet")
+    write_text(folder / "summary.txt", summary(report) + "\n")
+    names = list(FIT_FILES)
     if plots:
         from scaling.fit import plots as plots_mod
 
-        written += plots_mod.save_all(report, out)
-    return written
+        names += [p.name for p in plots_mod.save_all(report, folder)]
+    return names
 
 
 def clean_json(obj):

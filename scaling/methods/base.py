@@ -7,9 +7,10 @@ into a trainable model on a backbone (importing torch only then).
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from scaling.config import Config, check_choice
+from scaling.config import Config, check, check_choice
 
 if TYPE_CHECKING:
     from scaling.methods.model import MethodModel
@@ -18,6 +19,10 @@ QUANTIZATIONS = ("none", "nf4")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOSSES = ("plain", "efficient")
 OPTIMIZERS = ("adamw", "paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3",
+                        "flash_attention_4", "flex_attention")  # fmt: skip
+"""The kernels transformers names (``paged|<kernel>`` and hub kernels ``org/repo[@rev][:name]`` too)."""
+HUB_KERNEL = re.compile(r"[^/:|]+/[^/:|]+(?:@[^/:|]+)?(?::[^/:|]+)?")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -47,7 +52,21 @@ class MethodConfig(Config):
         check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         check_choice("loss", self.loss, LOSSES)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_attn_implementation(self.attn_implementation)
 
     def build(self, backbone: Any) -> MethodModel:
         """The trainable model on ``backbone`` (a path, or an already loaded ``PreTrainedModel``)."""
         raise NotImplementedError
+
+
+def check_attn_implementation(value: Any) -> None:
+    """None, a kernel transformers knows, or a hub kernel: checked here, at planning time, because
+    transformers would reject a typo only when a job loads the model — after it was queued."""
+    if value is None:
+        return
+    kernel = value.removeprefix("paged|") if isinstance(value, str) else value
+    check(
+        isinstance(value, str) and (kernel in ATTN_IMPLEMENTATIONS or HUB_KERNEL.fullmatch(kernel)),
+        f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)} (or paged|<one>, or "
+        f"a hub kernel org/repo); got {value!r}",
+    )

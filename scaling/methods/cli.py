@@ -18,6 +18,7 @@ import typing
 
 from scaling import flops
 from scaling.arch import PRESETS, resolve_arch
+from scaling.config import MAX_DIM
 from scaling.errors import ScalingError
 from scaling.methods.registry import REGISTRY, config_class
 
@@ -69,6 +70,8 @@ def _method_config(args: argparse.Namespace):
 def _positive(name: str, value: int) -> None:
     if value <= 0:
         raise ScalingError(f"{name} must be positive; got {value}")
+    if value > MAX_DIM:  # a tensor dimension: beyond it the arithmetic overflows a float
+        raise ScalingError(f"{name} must be at most {MAX_DIM}; got {value}")
 
 
 def cmd_flops(args: argparse.Namespace) -> None:
@@ -99,7 +102,8 @@ def cmd_memory(args: argparse.Namespace) -> None:
     cfg = _method_config(args)
     arch = resolve_arch(args.model)
     try:
-        capacity = flops.parse_bytes(args.gpu_mem) if args.gpu_mem else None
+        # `is not None`: an empty --gpu-mem "" is a mistake to report, not "no card given".
+        capacity = flops.parse_bytes(args.gpu_mem) if args.gpu_mem is not None else None
     except ValueError as e:
         raise ScalingError(f"--gpu-mem: {e}") from None
     m = flops.memory(arch, cfg, args.seq_len, args.batch_size, step=args.step, device=args.device)

@@ -9,7 +9,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from scaling.arch import Arch, SideGeometry, ladder_geometry
-from scaling.config import check, check_choice, check_positive_int
+from scaling.config import MAX_DIM, check_choice, check_positive_int, check_positive_number
 from scaling.methods.base import MethodConfig
 
 FUSIONS = ("add", "replace", "gate")
@@ -41,13 +41,13 @@ class LadderConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("reduction", self.reduction)
-        check_positive_int("side_width", self.side_width, allow_none=True)
-        check_positive_int("side_layers", self.side_layers, allow_none=True)
-        check_positive_int("min_head_dim", self.min_head_dim)
+        check_positive_int("reduction", self.reduction, maximum=MAX_DIM)
+        check_positive_int("side_width", self.side_width, allow_none=True, maximum=MAX_DIM)
+        check_positive_int("side_layers", self.side_layers, allow_none=True, maximum=MAX_DIM)
+        check_positive_int("min_head_dim", self.min_head_dim, maximum=MAX_DIM)
         check_choice("fusion", self.fusion, FUSIONS)
         check_choice("init", self.init, INITS)
-        check(self.gate_temperature > 0, "gate_temperature must be positive")
+        check_positive_number("gate_temperature", self.gate_temperature)
 
     def geometry(self, arch: Arch) -> SideGeometry:
         return ladder_geometry(

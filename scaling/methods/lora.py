@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from scaling.config import check, check_positive_int
+from scaling.config import MAX_DIM, check, check_positive_int, check_positive_number
 from scaling.methods.base import MethodConfig
 
 # Every linear layer of a Llama/Mistral/Qwen2 block; not lm_head (QLoRA paper, §4 "all linear layers").
@@ -42,9 +42,13 @@ class LoraConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("rank", self.rank)
-        check(self.alpha is None or self.alpha > 0, f"alpha must be positive; got {self.alpha!r}")
-        check(0 <= self.dropout < 1, f"dropout must be in [0, 1); got {self.dropout!r}")
+        check_positive_int("rank", self.rank, maximum=MAX_DIM)
+        # inf passes "> 0" and would make every LoRA update infinite: a finite α only.
+        check_positive_number("alpha", self.alpha, allow_none=True)
+        check(
+            _is_number(self.dropout) and 0 <= self.dropout < 1,
+            f"dropout must be in [0, 1); got {self.dropout!r}",
+        )
 
     @property
     def lora_alpha(self) -> float:
@@ -85,6 +89,10 @@ class LoraConfig(MethodConfig):
         if dtype != torch.float32:
             _cast_like_qlora(model, dtype, self.prepare_kbit)
         return HFMethodModel(model, self)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _cast_like_qlora(model, dtype, prepared: bool) -> None:

@@ -9,7 +9,7 @@ import dataclasses
 from typing import ClassVar
 
 from scaling.arch import Arch, SideGeometry, xladder_geometry
-from scaling.config import check_positive_int
+from scaling.config import MAX_DIM, check_positive_int
 from scaling.methods.ladder import LadderConfig
 
 
@@ -25,7 +25,7 @@ class XLadderConfig(LadderConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("delta", self.delta)
+        check_positive_int("delta", self.delta, maximum=MAX_DIM)
 
     def geometry(self, arch: Arch) -> SideGeometry:
         return xladder_geometry(
