@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,8 +139,20 @@ def run_id(
              budget=budget, seed=seed, seq_len=seq_len, batch_tokens=batch_tokens,
              dataset=dataset, optimizer={**optimizer, "warmup_steps": None})
     )  # fmt: skip
-    label = "-".join(p for p in (dial_label(cfg), tag) if p)
+    label = "-".join(p for p in (dial_label(cfg), tag, backbone_tag(backbone)) if p)
     return f"{cfg.name}-{label + '-' if label else ''}{budget_label(budget)}-s{seed}-{sha[:8]}"
+
+
+def backbone_tag(backbone: str, width: int = 24) -> str:
+    """A short, readable name of a backbone for run ids: the last part of a hub id, directory or
+    preset, lower-cased, with anything but letters, digits, dots and dashes dropped
+    (``Qwen/Qwen2.5-1.5B`` → ``qwen2.5-1.5b``, ``runs/backbones/tiny-llama-64`` →
+    ``tiny-llama-64``). The id's hash, not the tag, tells two backbones apart."""
+    parts = str(backbone).replace("\\", "/").rstrip("/").split("/")
+    # A config file is named after its folder (``…/qwen-7b/config.json`` → ``qwen-7b``).
+    name = (parts[-2] if parts[-1].endswith(".json") and len(parts) > 1 else parts[-1]).lower()
+    tag = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9.-]+", "-", name)).strip("-.")
+    return tag[:width].rstrip("-.")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ def add_launch_options(parser: argparse.ArgumentParser) -> None:
                    help="time-outs after which a job stops requeuing itself (default 3)")  # fmt: skip
     g.add_argument("--slurm-extra", nargs="+", default=[], metavar="KEY=VALUE",
                    help="any other sbatch option, e.g. mail-type=END")  # fmt: skip
+    g.add_argument("--allow-cpu", action="store_true", default=None,
+                   help="submit a sweep planned for a GPU to jobs that ask for no GPU")  # fmt: skip
     g.add_argument("--force", action="store_true",
                    help="also re-run finished runs (their outputs move to runs/<id>/archive/)")  # fmt: skip
     g.add_argument("--wait", action="store_true", help="block until the submitted runs end")
@@ -88,8 +90,9 @@ def _extra(items: list[str]) -> dict[str, str]:
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("executor", "partition", "account", "qos", "constraint", "gpus_per_node",
-            "cpus_per_task", "mem", "time", "throughput", "array_parallelism", "max_requeues")  # fmt: skip
-    out = {k: getattr(args, k) for k in keys}
+            "cpus_per_task", "mem", "time", "throughput", "array_parallelism", "max_requeues",
+            "allow_cpu")  # fmt: skip
+    out = {k: getattr(args, k, None) for k in keys}
     if args.max_requeues is not None and args.max_requeues < 0:
         raise ScalingError("--max-requeues must be ≥ 0")
     out["slurm_extra"] = _extra(args.slurm_extra)
@@ -118,21 +121,36 @@ def render_launch(out: Launched) -> str:
         ) else ""  # fmt: skip
         return f"nothing to launch in {out.run_dir}: {skipped or 'no runs'}{hint}"
     limit = fmt_minutes(out.time_limit_min)
-    lines = []
+    lines = [f"warning: {w}" for w in out.warnings]
+    several = out.executor == "slurm" and len(out.arrays) > 1
     if out.dry_run:
-        lines += [f"dry run: would submit {len(out.run_ids)} run(s) to {out.executor}", ""]
+        arrays = f" in {len(out.arrays)} arrays" if several else ""
+        lines += [f"dry run: would submit {len(out.run_ids)} run(s) to {out.executor}{arrays}", ""]
         width = max(map(len, out.run_ids))
-        for rid in out.run_ids:
-            est = out.estimates_s.get(rid)
-            lines.append(f"  {rid:<{width}}  {'' if est is None else f'est. {est / 60:.1f} min'}")
-        if out.script:
-            lines += ["", "sbatch script:", out.script.rstrip()]
+        for k, a in enumerate(out.arrays):
+            if several:
+                lines.append(f"array {k + 1}: {len(a['run_ids'])} run(s), time limit "
+                             f"{fmt_minutes(a['time_limit_min'])}")  # fmt: skip
+            for rid in a["run_ids"]:
+                est = out.estimates_s.get(rid)
+                lines.append(
+                    f"  {rid:<{width}}  {'' if est is None else f'est. {est / 60:.1f} min'}"
+                )
+        for k, a in enumerate(out.arrays):
+            if a.get("script"):
+                which = f" (array {k + 1})" if several else ""
+                lines += ["", f"sbatch script{which}:", a["script"].rstrip()]
     else:
         jobs = out.job_ids if out.executor != "local" else []
         where = f" as {_describe_jobs(jobs)}" if jobs else ""
         lines.append(f"submitted {len(out.run_ids)} run(s) to {out.executor}{where} in "
                      f"{out.wall_s:.2f} s (submission {out.submission})")  # fmt: skip
-    if out.executor == "slurm":
+    if several:
+        limits = ", ".join(fmt_minutes(a["time_limit_min"]) for a in out.arrays)
+        lines.append(
+            f"time limits {limits} by array, each its runs' longest need ({out.time_source})"
+        )
+    elif out.executor == "slurm":
         lines.append(f"time limit {limit} per job ({out.time_source})")
     if skipped:
         lines.append(f"skipped: {skipped}")
@@ -144,7 +162,10 @@ def render_launch(out: Launched) -> str:
 
 def _describe_jobs(ids: list[str]) -> str:
     if len(ids) > 1 and all("_" in j for j in ids):
-        return f"array {ids[0].split('_')[0]} (tasks {ids[0]} … {ids[-1]})"
+        arrays = list(dict.fromkeys(j.split("_")[0] for j in ids))
+        if len(arrays) > 1:
+            return f"arrays {', '.join(arrays)}"
+        return f"array {arrays[0]} (tasks {ids[0]} … {ids[-1]})"
     return "job " + ", ".join(ids) if len(ids) <= 3 else f"jobs {ids[0]} … {ids[-1]}"
 
 

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,12 @@ class Progress:
     tokens: int | None = None
     loss: float | None = None
     eval_loss: float | None = None
+    tokens_per_s: float | None = None
+    """Observed training rate: the median of the last :data:`RATE_ROWS` train rows' ``tokens_per_s``."""
     problem: str | None = None
+
+
+RATE_ROWS = 20
 
 
 def progress(run_path: Path) -> Progress:
@@ -79,7 +85,9 @@ def progress(run_path: Path) -> Progress:
     import polars as pl
 
     try:
-        m = pl.read_parquet(path, columns=["kind", "tokens", "loss"])
+        names = pl.read_parquet_schema(path)
+        rate = ["tokens_per_s"] if "tokens_per_s" in names else []
+        m = pl.read_parquet(path, columns=["kind", "tokens", "loss", *rate])
     except Exception as e:  # damaged, foreign, or lacking a column
         return Progress(problem=f"{METRICS_FILE} unreadable: {one_line(e)[:200]}")
     wrong = [c for c, ok in (("kind", m.schema["kind"] in (pl.String, pl.Categorical)),
@@ -91,11 +99,21 @@ def progress(run_path: Path) -> Progress:
     m = m.with_columns(pl.col("kind").cast(pl.String))
     tokens = m["tokens"].cast(pl.Float64)
     tokens = tokens.filter(tokens.is_finite() & (tokens >= 0))
+    train = m.filter(pl.col("kind") == "train")
     return Progress(
         tokens=int(tokens.max()) if tokens.len() else None,
-        loss=_last_finite(m.filter(pl.col("kind") == "train")["loss"]),
+        loss=_last_finite(train["loss"]),
         eval_loss=_last_finite(m.filter(pl.col("kind") == "eval")["loss"]),
+        tokens_per_s=_rate(train["tokens_per_s"])
+        if rate and train["tokens_per_s"].dtype.is_numeric()
+        else None,
     )
+
+
+def _rate(column) -> float | None:
+    values = [float(x) for x in column.tail(RATE_ROWS).to_list()
+              if x is not None and math.isfinite(x) and x > 0]  # fmt: skip
+    return statistics.median(values) if values else None
 
 
 def _last_finite(losses) -> float | None:

@@ -78,6 +78,8 @@ class LaunchSpec(Config):
     """Time-outs after which a job stops requeuing itself (submitit's ``max_num_timeout``)."""
     slurm_extra: dict[str, str] = dataclasses.field(default_factory=dict)
     """Any other sbatch option, e.g. ``{mail-type = "END"}`` (written as ``#SBATCH --KEY=VALUE``)."""
+    allow_cpu: bool = False
+    """Submit a sweep planned for a GPU to SLURM jobs that ask for no GPU (they train on CPUs)."""
 
     def __post_init__(self) -> None:
         if self.executor is not None:
@@ -88,6 +90,7 @@ class LaunchSpec(Config):
                   f"launch.{key} must be a non-empty string")  # fmt: skip
         for key in ("gpus_per_node", "cpus_per_task", "array_parallelism"):
             check_positive_int(f"launch.{key}", getattr(self, key), allow_none=True)
+        check(isinstance(self.allow_cpu, bool), "launch.allow_cpu must be true or false")
         check(isinstance(self.max_requeues, int) and self.max_requeues >= 0,
               "launch.max_requeues must be an integer ≥ 0")  # fmt: skip
         if self.mem is not None:

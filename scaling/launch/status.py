@@ -81,6 +81,8 @@ class RunStatus:
     submitted_at: float | None = None
     pid: int | None = None
     """The trainer's pid while the run's lock is held (it may be a process on another machine)."""
+    eta_s: float | None = None
+    """A running run's seconds to go: tokens left over its observed rate (``None`` before one)."""
     note: str | None = None
     """A problem that leaves the state standing (unreadable metrics, an unreadable record of a run
     whose lock is held)."""
@@ -242,6 +244,8 @@ def _run_status(path: Path, row: dict[str, Any], f: RunFiles,
         last_loss=p.loss, eval_loss=last_eval, error=error,
         log=record.get("log") or job.get("log"), submitted_at=record.get("submitted_at"),
         pid=lock_holder(path / RUN_LOCK) if locked else None,
+        eta_s=(max(_number(row.get("tokens")) - (tokens or 0), 0.0) / p.tokens_per_s
+               if state == "running" and p.tokens_per_s else None),
         note="; ".join(x for x in (note, p.problem) if x) or None,
     )  # fmt: skip
 
@@ -282,17 +286,17 @@ def _loss(x: float | None) -> str:
 def render(s: SweepStatus) -> str:
     """A table of runs, the errors of failed ones, and a summary line."""
     header = ("run id", "budget", "method", "dial", "state", "job", "tokens done/planned", "loss",
-              "eval")  # fmt: skip
+              "eval", "eta")  # fmt: skip
     rows = [
         (r.run_id, budget_label(r.budget), r.method, r.dial, r.state,
          r.job_id or (f"pid {r.pid}" if r.pid is not None else "-"),
          f"{_si(r.tokens_done)}/{_si(r.tokens_planned)} "
          f"{100 * r.tokens_done / r.tokens_planned if r.tokens_planned else 0:3.0f}%",
-         _loss(r.last_loss), _loss(r.eval_loss))
+         _loss(r.last_loss), _loss(r.eval_loss), fmt_seconds(r.eta_s))
         for r in s.runs
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    right = {1, 6, 7, 8}
+    right = {1, 6, 7, 8, 9}
 
     def fmt(row) -> str:
         cells = [c.rjust(w) if i in right else c.ljust(w)
@@ -314,7 +318,25 @@ def render(s: SweepStatus) -> str:
     share = d["flops_done"] / d["flops_planned"] if d["flops_planned"] else 0.0
     lines += ["", f"summary: {counts}; compute {_sci(d['flops_done'])} / "
                   f"{_sci(d['flops_planned'])} FLOPs ({share:.1%})"]  # fmt: skip
+    etas = [r.eta_s for r in s.runs if r.eta_s is not None]
+    if etas:
+        lines.append(f"running: the last of {len(etas)} run(s) with a measured rate ends in "
+                     f"~{fmt_seconds(max(etas))} at its observed tokens/s")  # fmt: skip
     return "\n".join(lines)
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    """``None`` → ``-``; else ``42s``, ``17m``, ``3h05m``, ``2d04h``."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def fmt_minutes(minutes: int | None) -> str:

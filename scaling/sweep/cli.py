@@ -51,7 +51,8 @@ def run_sweep(
             "new_runs": None if new is None else [r.run_id for r in new],
         }
         return json.dumps(p.to_dict() | extra, indent=2, default=str)
-    return render(p) + "\n" + _footer(p, target, new)
+    where = "" if out or dry_run else f"no --out: writing to {target}/ (runs/<spec name>)\n"
+    return where + render(p) + "\n" + _footer(p, target, new)
 
 
 def output_dir(spec: SweepSpec, out: str | None) -> Path:

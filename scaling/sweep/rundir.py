@@ -69,8 +69,9 @@ def write(p: Plan, out: str | Path) -> list[RunSpec]:
         # Again, under the lock: another planner may have written since.
         meta, manifest = _read_existing(out, p)
         have = set() if manifest is None else set(manifest["run_id"].to_list())
-        new = [r for r in p.runs if r.run_id not in have]
-        unwritten = [r for r in p.runs if r.run_id in have and not _spec_path(out, r).is_file()]
+        runs = _adopt_ids(p.runs, have)
+        new = [r for r in runs if r.run_id not in have]
+        unwritten = [r for r in runs if r.run_id in have and not _spec_path(out, r).is_file()]
         if not new and not unwritten:
             return []
         for r in [*new, *unwritten]:
@@ -88,6 +89,18 @@ def write(p: Plan, out: str | Path) -> list[RunSpec]:
                 "(what was written is kept; run the same `scaling sweep` again to finish it)"
             ) from None
     return [*new, *unwritten]
+
+
+def _adopt_ids(runs: list[RunSpec], have: set[str]) -> list[RunSpec]:
+    """``runs`` with the ids already in the directory for the same run: the id's hash (its last
+    part) is what defines a run; its readable prefix has changed between versions (the backbone tag),
+    and a re-plan must find the runs it already has, not plan them again."""
+    by_hash = {rid.rsplit("-", 1)[-1]: rid for rid in have}
+    out = []
+    for r in runs:
+        old = by_hash.get(r.run_id.rsplit("-", 1)[-1])
+        out.append(dataclasses.replace(r, run_id=old) if old and old != r.run_id else r)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

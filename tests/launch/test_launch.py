@@ -379,3 +379,112 @@ def test_dry_run_writes_nothing(run_dir, capsys):
     assert code == 0 and "dry run: would submit 6 run(s) to slurm" in text
     assert "#SBATCH --partition=gpu" in text and "#SBATCH --array=0-5%6" in text
     assert not (run_dir / "launch").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Time limits that fit the runs; GPUs
+
+
+def test_time_groups_bound_each_limit_by_its_runs():
+    need = {"a": 100.0, "b": 390.0, "c": 1000.0, "d": 5000.0, "e": 50000.0, "f": 60000.0}
+    groups = submit.time_groups(need, list(need) + ["g"])  # g: no estimate
+    assert [ids for _, ids in groups] == [["a", "b"], ["c"], ["d"], ["e", "f", "g"]]
+    for limit, ids in groups:
+        known = [need[r] for r in ids if r in need]
+        assert limit * 60 >= max(known)  # every run fits its array's limit
+        assert limit <= max(submit.MIN_TIME_MIN, -(-min(known) * submit.GROUP_FACTOR // 60))
+    assert submit.time_groups({}, ["x"]) == [(submit.MIN_TIME_MIN, ["x"])]
+    assert submit.time_groups({}, []) == []
+
+
+@pytest.fixture
+def wide_run_dir(tmp_path) -> Path:
+    """Two budgets 20× apart: runs whose time needs differ by as much."""
+    spec = sweep.load_spec(Path(__file__).parents[2] / "sweeps/quickstart.toml",
+                           backbones=["runs/backbones/tiny-llama-128"],
+                           backbone_config={"runs/backbones/tiny-llama-128": tiny_config(128)},
+                           methods=["ladder"], method={"ladder": {"reduction": [4]}})  # fmt: skip
+    sweep.write(sweep.build_plan(spec, [1.5e10, 3e11]), tmp_path / "wide")
+    return tmp_path / "wide"
+
+
+def test_dry_run_groups_runs_into_arrays_by_their_own_need(wide_run_dir, capsys):
+    code, text, _ = cli("launch", str(wide_run_dir), "--executor", "slurm", "--dry-run",
+                        "--throughput", "1e6", capsys=capsys)  # fmt: skip
+    assert code == 0 and "would submit 2 run(s) to slurm in 2 arrays" in text
+    out = launch.launch(wide_run_dir, {"executor": "slurm", "throughput": 1e6}, dry_run=True)
+    (short, long_) = out.arrays
+    assert short["time_limit_min"] < long_["time_limit_min"] == out.time_limit_min
+    for a in out.arrays:
+        (rid,) = a["run_ids"]
+        assert a["time_limit_min"] == max(submit.MIN_TIME_MIN, -(-out.estimates_s[rid] // 60))
+        assert f"#SBATCH --time={a['time_limit_min']}" in a["script"]
+    assert "time limits" in text and "by array" in text
+
+
+def test_each_array_records_its_own_limit(wide_run_dir, monkeypatch):
+    calls = []
+
+    def fake_submit(executor, opts, folder, paths, name, minutes, target):
+        calls.append((len(paths), minutes))
+        job = 100 + len(calls)
+        return [f"{job}_{i}" for i in range(len(paths))], {"jobs": []}
+
+    monkeypatch.setattr(submit, "slurm_problem", lambda: None)
+    monkeypatch.setattr(submit, "submit", fake_submit)
+    out = launch.launch(wide_run_dir, {"executor": "slurm", "throughput": 1e6})
+    assert len(calls) == 2 and calls[0][1] < calls[1][1]
+    assert out.job_ids == ["101_0", "102_0"]
+    for a in out.arrays:
+        record = json.loads((wide_run_dir / "runs" / a["run_ids"][0] / "launch.json").read_text())
+        assert record["time_limit_min"] == a["time_limit_min"] and record["array_index"] == 0
+        assert record["job_id"] == a["job_ids"][0]
+
+
+def _plan_for_gpu(run_dir: Path) -> None:
+    meta = json.loads((run_dir / "sweep.json").read_text())
+    meta["spec"]["constraints"]["gpu_mem"] = "12GB"
+    write_json(run_dir / "sweep.json", meta)
+
+
+def test_gpu_sweep_without_gpus_is_refused_unless_allowed(run_dir, capsys):
+    _plan_for_gpu(run_dir)
+    code, _, err = cli("launch", str(run_dir), "--executor", "slurm", "--dry-run", capsys=capsys)
+    assert code == 2 and "planned for a GPU (gpu_mem = 12GB)" in err and "--gpus-per-node" in err
+    assert len(err.strip().splitlines()) == 1 and not (run_dir / "launch").exists()
+    for extra in (["--gpus-per-node", "1"], ["--allow-cpu"], ["--slurm-extra", "gres=gpu:1"]):
+        code, text, _ = cli("launch", str(run_dir), "--executor", "slurm", "--dry-run", *extra,
+                            capsys=capsys)  # fmt: skip
+        assert code == 0 and "warning" not in text
+    # The local executor uses the machine it runs on: nothing to refuse.
+    assert cli("launch", str(run_dir), "--executor", "local", "--dry-run", capsys=capsys)[0] == 0
+
+
+def test_more_gpus_than_a_run_uses_is_a_warning(run_dir, capsys):
+    code, text, _ = cli("launch", str(run_dir), "--executor", "slurm", "--dry-run",
+                        "--gpus-per-node", "4", capsys=capsys)  # fmt: skip
+    assert code == 0 and "warning: --gpus-per-node 4: each run trains on one GPU" in text
+    assert "3 of every task's GPUs would sit idle" in text
+
+
+def test_status_shows_eta_of_a_running_run(run_dir, capsys):
+    import polars as pl
+
+    from scaling.io import exclusive_lock
+    from scaling.runspec import RUN_LOCK
+
+    rid = ids(run_dir)[0]
+    path = run_dir / "runs" / rid
+    planned = json.loads((path / "spec.json").read_text())["tokens"]
+    pl.DataFrame({"kind": ["train"] * 3, "tokens": [100, 200, planned // 2],
+                  "loss": [3.0, 2.9, 2.8], "tokens_per_s": [50.0, 100.0, 100.0]}).write_parquet(
+        path / "metrics.parquet")  # fmt: skip
+    with exclusive_lock(path / RUN_LOCK, "the run"):
+        r = next(r for r in status.collect(run_dir).runs if r.run_id == rid)
+        assert r.state == "running"
+        assert r.eta_s == pytest.approx((planned - planned // 2) / 100.0)
+        code, text, _ = cli("status", str(run_dir), capsys=capsys)
+    assert code == 0 and " eta" in text.splitlines()[2]
+    assert f"ends in ~{status.fmt_seconds(r.eta_s)}" in text
+    assert [status.fmt_seconds(x) for x in (None, 42, 1020, 11100, 187200)] == [
+        "-", "42s", "17m", "3h05m", "2d04h"]  # fmt: skip

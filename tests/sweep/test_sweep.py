@@ -115,7 +115,7 @@ def test_ids_stable_across_invocations_and_processes():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == repr(ids)
-    assert ids[0].startswith("ladder-r2-1e17-s0-")
+    assert ids[0].startswith("ladder-r2-qwen2.5-0.5b-1e17-s0-")
 
 
 def test_changing_a_dial_changes_only_affected_ids():
@@ -404,7 +404,9 @@ def test_cli_default_spec_prints_plan_offline(tmp_path):
     for col in ("run id", "N train", "FLOPs/tok", "tokens D", "steps", "epochs", "peak GiB",
                 "realised C"):  # fmt: skip
         assert col in out.stdout
-    assert "ladder-r8-1e18-s0-" in out.stdout and "qlora-r64-1e18-s0-" in out.stdout
+    assert "ladder-r8-qwen2.5-0.5b-1e18-s0-" in out.stdout
+    assert out.stdout.startswith("no --out: writing to runs/default/")  # said before the table
+    assert "qlora-r64-qwen2.5-0.5b-1e18-s0-" in out.stdout
     assert (tmp_path / "runs" / "default" / "manifest.parquet").is_file()
     again = run("--flops", "1e18", cwd=tmp_path)
     assert again.returncode == 0 and "0 new runs" in again.stdout
@@ -529,9 +531,32 @@ def test_run_ids_survive_new_dials_at_their_old_values():
     spec = sweep.load_spec(ROOT / "sweeps/quickstart.toml", **old_quickstart)
     p = sweep.build_plan(spec)
     ids = {r.run_id for r in p.runs}
-    assert {"ladder-r1-4e10-s0-4793e97f", "ladder-r2-4e10-s0-f0e9b175",
-            "xladder-r1-d2-4e10-s0-27d6bbf3"} <= ids  # fmt: skip
-    assert "qlora-r1-4e10-s0-79dddb57" not in ids
+    # The hash is the run's identity; the readable prefix has since gained the backbone tag.
+    assert {"ladder-r1-tiny-llama-128-4e10-s0-4793e97f", "ladder-r2-tiny-llama-128-4e10-s0-f0e9b175",
+            "xladder-r1-d2-tiny-llama-128-4e10-s0-27d6bbf3"} <= ids  # fmt: skip
+    assert not any(i.endswith("-79dddb57") for i in ids)
+
+
+def test_replanning_keeps_the_ids_a_directory_already_has(tmp_path):
+    """A sweep planned before ids carried the backbone tag: a re-plan adopts its ids (same hash)
+    instead of planning every run again."""
+    import polars as pl
+
+    spec = sweep.load_spec(methods=["ladder"], method={"ladder": {"reduction": [4, 8]}})
+    p = sweep.build_plan(spec, [1e18])
+    out = tmp_path / "old"
+    sweep.write(p, out)
+    old_ids = {}
+    for r in p.runs:  # rename as an earlier version named them: no backbone tag
+        old = r.run_id.replace("-qwen2.5-0.5b", "")
+        (out / "runs" / r.run_id).rename(out / "runs" / old)
+        old_ids[r.run_id] = old
+    m = pl.read_parquet(out / "manifest.parquet")
+    m.with_columns(pl.col("run_id").replace(old_ids)).write_parquet(out / "manifest.parquet")
+    assert sweep.write(sweep.build_plan(spec, [1e18]), out) == []
+    more = sweep.write(sweep.build_plan(spec, [1e18, 3e18]), out)
+    assert more and all("-qwen2.5-0.5b-3e18-" in r.run_id for r in more)
+    assert set(old_ids.values()) <= {p.name for p in (out / "runs").iterdir()}
 
 
 def test_learning_rate_grid_every_budget_and_smallest_budget():
