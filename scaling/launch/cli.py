@@ -213,7 +213,7 @@ def run_cancel(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "launch": (
-        "submit a sweep's runs as one job array: only those not finished, queued or running",
+        "submit a sweep's runs (SLURM arrays grouped by time need, or local workers): only those not finished, queued or running",
         "scaling launch runs/quickstart --executor slurm --partition gpu --mem 32GB --time auto",
         add_launch,
         run_launch,

@@ -1,4 +1,4 @@
-"""Submit a sweep's runs as one job array, safely repeatable: ``scaling launch RUN_DIR``.
+"""Submit a sweep's runs as job arrays (grouped by their time need), safely repeatable: ``scaling launch RUN_DIR``.
 
     >>> from scaling import launch
     >>> out = launch.launch("runs/quickstart", launch.LaunchSpec(executor="slurm", partition="gpu",
