@@ -20,6 +20,16 @@ REFERENCE_DATA = Path(
 Epoch AI): looked for beside the repository (``../shared/data``) or in ``$SCALING_REFERENCE_DATA``;
 tests that need a file skip, with the reason, when it is absent."""
 
+
+@pytest.fixture(autouse=True, scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """Token shards prepared by tests go to a temporary cache, never the user's
+    (``$SCALING_DATA_CACHE``, inherited by the jobs and CLIs tests start)."""
+    path = tmp_path_factory.mktemp("data-cache")
+    os.environ["SCALING_DATA_CACHE"] = str(path)
+    return path
+
+
 TINY = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
             max_position_embeddings=128, vocab_size=300)  # fmt: skip
 

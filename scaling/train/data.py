@@ -1,5 +1,10 @@
 """Training data: local files, a Hugging Face dataset or a built-in synthetic task → packed token sequences.
 
+This module defines the data semantics and builds them in memory (:func:`prepare`: small data, the tiny
+backbones' pre-training, and the reference the shards are tested against). Jobs read the same
+sequences from token shards prepared once per sweep (:mod:`scaling.train.shards`), which reuse the
+pieces below (:func:`encode`, :func:`check_size`, :func:`train_start`, :func:`batch_indices`).
+
     >>> from scaling.train import data
     >>> from scaling.train.tokenizers import load_tokenizer
     >>> from scaling.sweep import DatasetSpec
@@ -55,7 +60,7 @@ TEXT_SUFFIXES = (".txt", ".md")
 ENCODE_CHUNK = 8192  # documents per tokenizer call: bounds the Python lists alive at once
 
 
-def _rng(*keys: int) -> np.random.Generator:
+def keyed_rng(*keys: int) -> np.random.Generator:
     """A numpy Generator keyed by integers (negative seeds map to distinct non-negative entropy)."""
     return np.random.default_rng([k % 2**64 for k in keys])
 
@@ -63,7 +68,7 @@ def _rng(*keys: int) -> np.random.Generator:
 # --- documents ----------------------------------------------------------------------------------------
 
 
-def _fields(columns: list[str], dataset: dict[str, Any], where: str) -> list[str]:
+def fields_of(columns: list[str], dataset: dict[str, Any], where: str) -> list[str]:
     """``[prompt, response]`` or ``[text]``: the columns this dataset is read from."""
     pair = [dataset["prompt_field"], dataset["response_field"]]
     if all(name in columns for name in pair):
@@ -77,7 +82,7 @@ def _fields(columns: list[str], dataset: dict[str, Any], where: str) -> list[str
     )
 
 
-def _files(path: str) -> list[Path]:
+def input_files(path: str) -> list[Path]:
     if any(c in path for c in "*?["):
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(path), recursive=True))
         if not files:
@@ -94,7 +99,7 @@ def _files(path: str) -> list[Path]:
     return files
 
 
-def _read(file: Path, dataset: dict[str, Any]) -> pl.DataFrame:
+def read_file(file: Path, dataset: dict[str, Any]) -> pl.DataFrame:
     """One file as a table of the dataset's text or prompt/response columns, as strings."""
     suffix = file.suffix.lower()
     try:
@@ -108,12 +113,12 @@ def _read(file: Path, dataset: dict[str, Any]) -> pl.DataFrame:
         frame = read(file)
     except (OSError, UnicodeDecodeError, pl.exceptions.PolarsError) as e:
         raise ScalingError(f"cannot read dataset file {file}: {one_line(e)}") from None
-    fields = _fields(frame.columns, dataset, f"dataset file {file}")
+    fields = fields_of(frame.columns, dataset, f"dataset file {file}")
     return frame.select(pl.col(name).cast(pl.String) for name in fields)
 
 
 def file_documents(dataset: dict[str, Any]) -> pl.DataFrame:
-    frames = [_read(file, dataset) for file in _files(dataset["path"])]
+    frames = [read_file(file, dataset) for file in input_files(dataset["path"])]
     if len({tuple(frame.columns) for frame in frames}) > 1:
         raise ScalingError(
             f"dataset path {dataset['path']} mixes plain-text and prompt/response files; "
@@ -136,7 +141,7 @@ def _hub_documents(dataset: dict[str, Any]) -> pl.DataFrame:
         hub = datasets.load_dataset(name, split=split)
     except Exception as e:  # no network, unknown name or split, bad files: one line for the user
         raise ScalingError(f"cannot load dataset {name!r} split {split!r}: {one_line(e)}") from None
-    fields = _fields(list(hub.column_names), dataset, f"dataset {name!r}")
+    fields = fields_of(list(hub.column_names), dataset, f"dataset {name!r}")
     frame = pl.DataFrame({field: list(hub[field]) for field in fields})
     return frame.select(pl.all().cast(pl.String))
 
@@ -144,27 +149,64 @@ def _hub_documents(dataset: dict[str, Any]) -> pl.DataFrame:
 # --- tokens -------------------------------------------------------------------------------------------
 
 
-def _encode(
+_FAST_MATCHES: dict[int, bool] = {}
+
+
+def token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """``tokenizer(texts, add_special_tokens=False)["input_ids"]``, through the backend's
+    ``encode_batch_fast`` (no offsets: about 2.5× faster) once it has given the same ids as the call on
+    a first batch; a tokenizer it does not match (or has no backend) keeps the call."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    fast = getattr(backend, "encode_batch_fast", None)
+    kwargs = dict(add_special_tokens=False, return_attention_mask=False, verbose=False)
+    key = id(backend)
+    if fast is None or _FAST_MATCHES.get(key) is False:
+        return tokenizer(texts, **kwargs)["input_ids"]
+    ids = [e.ids for e in fast(texts, add_special_tokens=False)]
+    if key not in _FAST_MATCHES:
+        reference = tokenizer(texts, **kwargs)["input_ids"]
+        _FAST_MATCHES[key] = ids == reference
+        return reference
+    return ids
+
+
+def _flat(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    return np.fromiter(
+        chain.from_iterable(lists), dtype=np.int64, count=int(lengths.sum())
+    ), lengths
+
+
+def _place(ids: np.ndarray, at: np.ndarray, flat: np.ndarray, lengths: np.ndarray) -> None:
+    """Write each document's piece of ``flat`` (``lengths``) into ``ids`` from its offset ``at``."""
+    ids[np.repeat(at - (np.cumsum(lengths) - lengths), lengths) + np.arange(flat.size)] = flat
+
+
+def encode(
     tokenizer: PreTrainedTokenizerBase, texts: list[str], responses: list[str] | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flat ids and labels of ``[bos] + text + [eos]`` (or ``[bos] + prompt + response + [eos]``) per
     document, and each document's length."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    eos = [tokenizer.eos_token_id]
-    kwargs = dict(add_special_tokens=False, return_attention_mask=False, verbose=False)
+    n_bos = int(tokenizer.bos_token_id is not None)
     parts = []
     for i in range(0, len(texts), ENCODE_CHUNK):
-        first = tokenizer(texts[i : i + ENCODE_CHUNK], **kwargs)["input_ids"]
+        first, n_first = _flat(token_ids(tokenizer, texts[i : i + ENCODE_CHUNK]))
         if responses is None:
-            docs, masked = [bos + t + eos for t in first], [0] * len(first)
+            second, n_second, masked = None, np.zeros_like(n_first), np.zeros_like(n_first)
         else:
-            second = tokenizer(responses[i : i + ENCODE_CHUNK], **kwargs)["input_ids"]
-            docs = [bos + p + r + eos for p, r in zip(first, second, strict=True)]
-            masked = [len(bos) + len(p) for p in first]
-        lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
-        ids = np.fromiter(chain.from_iterable(docs), dtype=np.int64, count=int(lengths.sum()))
-        position = np.arange(ids.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        labels = np.where(position < np.repeat(np.asarray(masked, np.int64), lengths), IGNORE, ids)
+            second, n_second = _flat(token_ids(tokenizer, responses[i : i + ENCODE_CHUNK]))
+            masked = n_bos + n_first
+        lengths = n_bos + n_first + n_second + 1
+        starts = np.cumsum(lengths) - lengths
+        ids = np.empty(int(lengths.sum()), dtype=np.int64)
+        if n_bos:
+            ids[starts] = tokenizer.bos_token_id
+        _place(ids, starts + n_bos, first, n_first)
+        if second is not None:
+            _place(ids, starts + n_bos + n_first, second, n_second)
+        ids[starts + lengths - 1] = tokenizer.eos_token_id
+        position = np.arange(ids.size) - np.repeat(starts, lengths)
+        labels = np.where(position < np.repeat(masked, lengths), IGNORE, ids)
         parts.append((ids, labels, lengths))
     return _concat(parts)
 
@@ -180,14 +222,14 @@ def _table_tokens(
     if frame.height == 0:
         raise ScalingError(f"dataset {source} has no documents")
     columns = [frame[name].to_list() for name in frame.columns]
-    return _encode(tokenizer, columns[0], columns[1] if len(columns) == 2 else None)
+    return encode(tokenizer, columns[0], columns[1] if len(columns) == 2 else None)
 
 
 def _shuffle(
     ids: np.ndarray, labels: np.ndarray, lengths: np.ndarray, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reorder whole documents by a permutation keyed by the data seed."""
-    order = _rng(seed).permutation(lengths.size)
+    order = keyed_rng(seed).permutation(lengths.size)
     starts = np.cumsum(lengths) - lengths
     lengths = lengths[order]
     offset = starts[order] - (np.cumsum(lengths) - lengths)
@@ -195,11 +237,47 @@ def _shuffle(
     return ids[gather], labels[gather], lengths
 
 
-def _train_start(lengths: np.ndarray, eval_tokens: int) -> int | None:
+def train_start(lengths: np.ndarray, eval_tokens: int) -> int | None:
     """First document boundary at or after the held-out tokens (None: the data ends first)."""
     ends = np.cumsum(lengths)
     k = int(np.searchsorted(ends, eval_tokens))
     return int(ends[k]) if k < ends.size else None
+
+
+def synthetic_docs_needed(
+    lengths: np.ndarray, dataset: dict[str, Any], *, seq_len: int, train_sequences: int
+) -> int | None:
+    """How many of the synthetic examples (``lengths``, in order) a run keeps: the fewest that give
+    ``dataset.tokens`` tokens, or (unset) the held-out set plus ``train_sequences`` training sequences;
+    None when ``lengths`` are too few."""
+    if dataset["tokens"]:
+        end = int(dataset["tokens"])
+    else:
+        start = train_start(lengths, dataset["eval_sequences"] * seq_len)
+        if start is None:
+            return None
+        end = start + train_sequences * seq_len
+    k = int(np.searchsorted(np.cumsum(lengths), end))
+    return k + 1 if k < lengths.size else None
+
+
+def synthetic_chunk(dataset: dict[str, Any], first: int, count: int) -> tuple[list[str], list[str]]:
+    """Prompts and responses of synthetic examples ``first .. first + count - 1``."""
+    examples = [
+        arithmetic_example(
+            i, difficulty=dataset["difficulty"], seed=dataset["seed"], ops=dataset.get("ops", OPS)
+        )
+        for i in range(first, first + count)
+    ]
+    return [e["prompt"] for e in examples], [e["response"] for e in examples]
+
+
+def synthetic_batch(want: int, have_tokens: int, have_docs: int) -> int:
+    """Examples to generate next: the rest at the mean length so far, +5% (the boundary slack is at
+    most one more round)."""
+    if have_docs == 0:
+        return 256
+    return max(64, int((want - have_tokens) / have_tokens * have_docs * 1.05))
 
 
 def _synthetic_tokens(
@@ -211,42 +289,20 @@ def _synthetic_tokens(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Encode the fewest examples that give ``dataset.tokens`` tokens, or (unset) the held-out set plus
     ``train_sequences`` training sequences."""
-    eval_tokens = dataset["eval_sequences"] * seq_len
-
-    def docs_needed(lengths: np.ndarray) -> int | None:
-        if dataset["tokens"]:
-            end = int(dataset["tokens"])
-        else:
-            start = _train_start(lengths, eval_tokens)
-            if start is None:
-                return None
-            end = start + train_sequences * seq_len
-        k = int(np.searchsorted(np.cumsum(lengths), end))
-        return k + 1 if k < lengths.size else None
-
-    want = int(dataset["tokens"] or eval_tokens + train_sequences * seq_len)
+    want = int(dataset["tokens"] or dataset["eval_sequences"] * seq_len + train_sequences * seq_len)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    n, batch = 0, 256
+    n = 0
     while True:
-        examples = [
-            arithmetic_example(
-                i,
-                difficulty=dataset["difficulty"],
-                seed=dataset["seed"],
-                ops=dataset.get("ops", OPS),
-            )  # fmt: skip
-            for i in range(n, n + batch)
-        ]
-        prompts, responses = [e["prompt"] for e in examples], [e["response"] for e in examples]
-        parts.append(_encode(tokenizer, prompts, responses))
+        batch = synthetic_batch(want, sum(p[0].size for p in parts), n)
+        parts.append(encode(tokenizer, *synthetic_chunk(dataset, n, batch)))
         n += batch
         ids, labels, lengths = _concat(parts)
-        keep = docs_needed(lengths)
+        keep = synthetic_docs_needed(
+            lengths, dataset, seq_len=seq_len, train_sequences=train_sequences
+        )
         if keep is not None:
             end = int(lengths[:keep].sum())
             return ids[:end], labels[:end], lengths[:keep]
-        # the rest at the mean length so far, +5%; the boundary slack is at most one more round
-        batch = max(64, int((want - ids.size) / ids.size * n * 1.05))
 
 
 # --- packing ------------------------------------------------------------------------------------------
@@ -268,6 +324,49 @@ class TokenData:
     def train_tokens(self) -> int:
         return int(self.train_ids.size)
 
+    @property
+    def n_train(self) -> int:
+        return len(self.train_ids)
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and labels of training sequences ``idx`` (what the job draws each step)."""
+        return self.train_ids[idx], self.train_labels[idx]
+
+
+def check_size(
+    n_tokens: int,
+    start: int,
+    *,
+    source: str,
+    seq_len: int,
+    eval_sequences: int,
+    train_sequences: int,
+    max_epochs: float | None,
+) -> int:
+    """Training sequences in a stream of ``n_tokens`` whose training part starts at ``start``; a
+    one-line error when the held-out set does not fit or the run would need more epochs than
+    ``max_epochs`` allows."""
+    eval_tokens = eval_sequences * seq_len
+    if n_tokens < eval_tokens:
+        raise ScalingError(
+            f"dataset {source} has {n_tokens:,} tokens, fewer than its {eval_sequences} held-out "
+            f"sequences of {seq_len} tokens need ({eval_tokens:,}); lower dataset.eval_sequences"
+        )
+    n_train = (n_tokens - start) // seq_len
+    if n_train * (max_epochs or 1) < train_sequences:
+        epochs = f"{train_sequences / n_train:.2f} epochs" if n_train else "no training data left"
+        allow = (
+            "set constraints.max_epochs to allow repetition"
+            if max_epochs is None
+            else f"constraints.max_epochs = {max_epochs:g} allows fewer"
+        )
+        raise ScalingError(
+            f"dataset {source} is too small: {n_tokens:,} tokens, {n_train:,} training sequences of "
+            f"{seq_len} tokens after {eval_sequences} held out; the run needs {train_sequences:,} "
+            f"sequences ({train_sequences * seq_len:,} tokens, {epochs}); {allow}"
+        )
+    return n_train
+
 
 def _pack(
     ids: np.ndarray,
@@ -281,25 +380,10 @@ def _pack(
     max_epochs: float | None,
 ) -> TokenData:
     eval_tokens = eval_sequences * seq_len
-    start = _train_start(lengths, eval_tokens) or ids.size  # never 0: eval_tokens > 0
-    if ids.size < eval_tokens:
-        raise ScalingError(
-            f"dataset {source} has {ids.size:,} tokens, fewer than its {eval_sequences} held-out "
-            f"sequences of {seq_len} tokens need ({eval_tokens:,}); lower dataset.eval_sequences"
-        )
-    n_train = (ids.size - start) // seq_len
-    if n_train * (max_epochs or 1) < train_sequences:
-        epochs = f"{train_sequences / n_train:.2f} epochs" if n_train else "no training data left"
-        allow = (
-            "set constraints.max_epochs to allow repetition"
-            if max_epochs is None
-            else f"constraints.max_epochs = {max_epochs:g} allows fewer"
-        )
-        raise ScalingError(
-            f"dataset {source} is too small: {ids.size:,} tokens, {n_train:,} training sequences of "
-            f"{seq_len} tokens after {eval_sequences} held out; the run needs {train_sequences:,} "
-            f"sequences ({train_sequences * seq_len:,} tokens, {epochs}); {allow}"
-        )
+    start = train_start(lengths, eval_tokens) or ids.size  # never 0: eval_tokens > 0
+    n_train = check_size(ids.size, start, source=source, seq_len=seq_len,
+                         eval_sequences=eval_sequences, train_sequences=train_sequences,
+                         max_epochs=max_epochs)  # fmt: skip
     train = slice(start, start + n_train * seq_len)
     return TokenData(
         train_ids=ids[train].reshape(n_train, seq_len),
@@ -308,6 +392,15 @@ def _pack(
         eval_labels=labels[:eval_tokens].reshape(eval_sequences, seq_len),
         source=source,
     )
+
+
+def source_name(dataset: dict[str, Any]) -> str:
+    """What the data is, as logs, results and the plan header name it."""
+    if dataset.get("path"):
+        return str(dataset["path"])
+    if dataset["name"] == SYNTHETIC:
+        return f"{SYNTHETIC} (difficulty {dataset['difficulty']}, seed {dataset['seed']})"
+    return f"{dataset['name']} ({dataset['split']})"
 
 
 def prepare(
@@ -324,18 +417,16 @@ def prepare(
     Raises a one-line :class:`ScalingError` for a missing path, unusable columns, or data that is too
     small for the run unless ``max_epochs`` (``constraints.max_epochs``) allows enough repetition.
     """
+    source = source_name(dataset)
     if dataset.get("path"):
-        source = str(dataset["path"])
         tokens = _shuffle(
             *_table_tokens(file_documents(dataset), tokenizer, source), dataset["seed"]
         )
     elif dataset["name"] == SYNTHETIC:
-        source = f"{SYNTHETIC} (difficulty {dataset['difficulty']}, seed {dataset['seed']})"
         tokens = _synthetic_tokens(
             dataset, tokenizer, seq_len=seq_len, train_sequences=train_sequences
         )
     else:
-        source = f"{dataset['name']} ({dataset['split']})"
         tokens = _shuffle(
             *_table_tokens(_hub_documents(dataset), tokenizer, source), dataset["seed"]
         )
@@ -354,7 +445,7 @@ def prepare(
 
 @functools.lru_cache(maxsize=2)
 def _epoch_order(n_sequences: int, seed: int, epoch: int) -> np.ndarray:
-    order = _rng(seed, epoch).permutation(n_sequences)
+    order = keyed_rng(seed, epoch).permutation(n_sequences)
     order.flags.writeable = False  # shared by the cache
     return order
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from scaling.arch import PRESET_HUB_IDS
 from scaling.errors import ScalingError, one_line
 
 if TYPE_CHECKING:
@@ -52,6 +53,20 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 def save_byte_tokenizer(directory: str | os.PathLike) -> None:
     """Save :func:`byte_tokenizer` so ``AutoTokenizer.from_pretrained(directory)`` loads it."""
     byte_tokenizer().save_pretrained(str(directory))
+
+
+def backbone_path(ref: str) -> str:
+    """What ``from_pretrained`` should load for a planned backbone reference."""
+    if ref.lower() in PRESET_HUB_IDS:
+        return PRESET_HUB_IDS[ref.lower()]  # a preset is a shape; its weights live on the hub
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if path.exists() and path.name == "config.json":
+        return str(path.parent.resolve())
+    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
+        return ref  # org/name: a hub id (network or a warm cache)
+    raise ScalingError(f"backbone not found: {ref} (no such model directory)")
 
 
 def load_tokenizer(backbone: str | os.PathLike) -> PreTrainedTokenizerBase:
