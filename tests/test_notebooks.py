@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = ("01_flops_and_memory", "02_planning_a_sweep", "03_exploring_fits")
+NOTEBOOKS = ("01_flops_and_memory", "02_planning_a_sweep", "03_exploring_fits", "04_xladder_cot")
 CELL_TIMEOUT_S = 300  # a hung kernel fails; each notebook takes well under a minute
 
 

@@ -18,6 +18,10 @@ Design (docs/methods.md; LST = Sung et al. 2022, QST = Zhang et al. 2024):
 4. Output fusion (``add``, default): h = h_{L-1} + W_up(norm(s)) with W_up = 0 at init, so step 0 equals
    the backbone; logits = frozen final norm + frozen lm_head, and the loss is the backbone's own loss
    function (identical to the other methods).
+5. Generation keeps two transformers caches (:class:`LadderCache`): the backbone's own ``DynamicCache``
+   and one for the side layers, built from the side config so each side layer caches like the backbone
+   layer whose mask it reads (sliding windows included). Every decoding step then runs the backbone and
+   the side net over the new token only, O(n) per token like any causal LM.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from scaling.arch import Arch, SideGeometry
@@ -93,7 +98,11 @@ class SideNet(nn.Module):
         if self.fusion == "add":
             self.w_up.weight.zero_()  # step 0 reproduces the backbone exactly
 
-    def forward(self, states: dict, position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, states: dict, position_ids: torch.Tensor, past_key_values: DynamicCache | None = None
+    ) -> torch.Tensor:
+        """W_up(norm(s)) for the positions in ``states``; with ``past_key_values`` (the side layers'
+        cache, side layer j at index j) each side layer attends to the cached earlier positions too."""
         geom = self.geom
         dtype = self.w_in.weight.dtype
         s = self.w_in(_rms(states["hidden"][geom.input_layer].to(dtype)))
@@ -112,6 +121,8 @@ class SideNet(nn.Module):
                 attention_mask=mask,
                 position_ids=position_ids,
                 position_embeddings=position_embeddings,
+                past_key_values=past_key_values,
+                use_cache=past_key_values is not None,
             )
             s = out[0] if isinstance(out, tuple) else out
         return self.w_up(self.norm(s))
@@ -123,6 +134,23 @@ class SideNet(nn.Module):
             return up
         beta = torch.sigmoid(self.fusion_gate / self.temperature)  # QST-style per-dimension mix
         return beta * last + (1 - beta) * up
+
+
+class LadderCache:
+    """The KV caches of a side-net model during generation: ``backbone`` (the backbone's own
+    ``DynamicCache``) and ``side`` (a ``DynamicCache`` over the side layers). Both hold the same
+    positions, so the attention mask the backbone builds for layer c fits the side layer reading it.
+
+    Why not ``GenerationMixin.generate``: it drives one ``PreTrainedModel`` whose forward owns a single
+    cache; here two models share each step (the side net reads the backbone's hidden states through
+    hooks), so :meth:`LadderModel.generate` runs the decoding loop itself over these two caches."""
+
+    def __init__(self, backbone_config, side_config) -> None:
+        self.backbone = DynamicCache(config=backbone_config)
+        self.side = DynamicCache(config=side_config)
+
+    def get_seq_length(self) -> int:
+        return self.backbone.get_seq_length()
 
 
 class LadderModel(MethodModel):
@@ -187,12 +215,15 @@ class LadderModel(MethodModel):
 
         return hook
 
-    def backbone_states(self, input_ids, attention_mask=None, position_ids=None) -> dict:
+    def backbone_states(
+        self, input_ids, attention_mask=None, position_ids=None, past_key_values=None
+    ) -> dict:
         """Run the frozen backbone once (no autograd) and return the captured states.
 
         ``hidden[-1]`` is the embedding output, ``hidden[i]`` the raw output of decoder layer i (before
         the final norm), for each ``i`` in :attr:`read_layers`; ``mask[i]`` the attention mask layer i
-        received (``mask[-1]`` layer 0's).
+        received (``mask[-1]`` layer 0's). With ``past_key_values`` (the backbone's cache) only the new
+        positions run, and the masks span the cached ones too.
         """
         self._states = {"hidden": {}, "mask": {}, "position_ids": None}
         try:
@@ -201,32 +232,48 @@ class LadderModel(MethodModel):
                     input_ids=input_ids,
                     attention_mask=attention_mask,
                     position_ids=position_ids,
-                    use_cache=False,
+                    past_key_values=past_key_values,
+                    use_cache=past_key_values is not None,
                 )
             return self._states
         finally:
             self._states = None
 
+    def new_cache(self) -> LadderCache:
+        """Empty caches for :meth:`forward` (``past_key_values=``) and :meth:`generate`."""
+        return LadderCache(self.backbone.config, self.side.config)
+
     def forward(
-        self, input_ids=None, attention_mask=None, labels=None, position_ids=None, **kwargs
-    ):
-        if kwargs.get("past_key_values") is not None or kwargs.get("inputs_embeds") is not None:
-            raise ScalingError("Ladder models take input_ids only (no KV cache, no inputs_embeds)")
+        self, input_ids=None, attention_mask=None, labels=None, position_ids=None,
+        past_key_values: LadderCache | None = None, **kwargs,
+    ):  # fmt: skip
+        """Logits (and the loss with ``labels``). With ``past_key_values`` (:meth:`new_cache`) only
+        ``input_ids``' positions run, attending to the cached ones, and the caches are extended;
+        ``attention_mask`` then covers cached and new positions, as in transformers."""
+        if kwargs.get("inputs_embeds") is not None:
+            raise ScalingError("Ladder models take input_ids only (no inputs_embeds)")
+        if past_key_values is not None and not isinstance(past_key_values, LadderCache):
+            raise ScalingError("a Ladder model's cache is a LadderCache (model.new_cache())")
         head = self.output_head()
-        logits = head(self.hidden_states(input_ids, attention_mask, position_ids))
+        logits = head(self.hidden_states(input_ids, attention_mask, position_ids, past_key_values))
         loss = None
         if labels is not None:
             loss = self.backbone.loss_function(
                 logits=logits, labels=labels, vocab_size=self.backbone.config.vocab_size
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
 
-    def hidden_states(self, input_ids, attention_mask=None, position_ids=None):
-        states = self.backbone_states(input_ids, attention_mask, position_ids)
+    def hidden_states(
+        self, input_ids, attention_mask=None, position_ids=None, past_key_values=None
+    ):
+        cache = past_key_values
+        states = self.backbone_states(
+            input_ids, attention_mask, position_ids, cache.backbone if cache is not None else None
+        )
         pos = states["position_ids"]
         if pos is None:
             pos = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        up = self.side(states, pos)
+        up = self.side(states, pos, cache.side if cache is not None else None)
         last = states["hidden"][self.arch.num_layers - 1]
         hidden = self.side.fuse(last.to(up.dtype), up)
         del states, last  # the backbone's states are not needed past this point
@@ -247,18 +294,28 @@ class LadderModel(MethodModel):
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        stopping_criteria=None,
     ) -> torch.Tensor:
-        """Greedy or sampled decoding. The side net has no KV cache, so each step re-runs the prefix
-        (O(n²) in the generated length): fine for evaluation, not for serving. Left padding works."""
+        """Greedy or sampled decoding; prompt and new tokens, (batch, prompt + new). Left padding works.
+
+        With ``use_cache`` (default) the prompt runs once and each step feeds only the new token through
+        the backbone and the side net (:class:`LadderCache`): O(n) per token. ``use_cache=False``
+        re-runs the whole prefix at every step (O(n²)): the reference the cached path is tested
+        against, token for token. Rows that emitted ``eos_token_id``, or that any of
+        ``stopping_criteria`` (transformers' ``StoppingCriteria``: ``(ids, scores) → bool per row``)
+        marks done, continue with ``pad_token_id``; decoding ends when every row is done."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        cache = self.new_cache() if use_cache else None
+        feed = input_ids
+        head = self.output_head()
         for _ in range(max_new_tokens):
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            logits = (
-                self(input_ids, attention_mask, position_ids=position_ids).logits[:, -1].float()
-            )
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -feed.shape[1] :]
+            hidden = self.hidden_states(feed, attention_mask, position_ids, cache)
+            logits = head(hidden[:, -1]).float()  # only the last position is decoded
             if do_sample:
                 logits = logits / max(temperature, 1e-6)
                 if top_k:
@@ -270,10 +327,13 @@ class LadderModel(MethodModel):
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             input_ids = torch.cat([input_ids, nxt[:, None]], dim=-1)
             attention_mask = torch.cat([attention_mask, (~done).long()[:, None]], dim=-1)
+            feed = nxt[:, None] if use_cache else input_ids
             if eos_token_id is not None:
                 done |= nxt == eos_token_id
-                if done.all():
-                    break
+            for criterion in stopping_criteria or ():
+                done |= criterion(input_ids, logits).to(done.device)
+            if done.all():
+                break
         return input_ids
 
     def save_weights(self, directory) -> None:
