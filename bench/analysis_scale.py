@@ -24,7 +24,8 @@ Timed, each once, in this process:
 - ``fit_s``: :func:`scaling.fit.fit` on the collected table with its curves and the default spec
   (approaches 1, 2 and 3, 4500 starts, 1000 bootstrap resamples, the held-out check, the comparison).
 
-Writes ``bench/results/analysis_scale.json``.
+Writes ``bench/results/analysis_scale.json`` (with the wall time of each stage of the fit) and, at the
+default ``--out``, the block between ``<!-- generated:analysis_scale -->`` markers in bench/README.md.
 """
 
 from __future__ import annotations
@@ -140,7 +141,12 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the fabricated directory")
     ap.add_argument("--no-fit", action="store_true", help="time the collection only")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--readme", action="store_true",
+                    help="only re-render bench/README.md's block from --out")  # fmt: skip
     args = ap.parse_args()
+    if args.readme:
+        render_readme(Path(args.out), README)
+        return
     if args.dir and Path(args.dir).exists():
         sys.exit(f"{args.dir} exists: give a fresh directory (it is fabricated from scratch)")
     res: dict = {"bench": "analysis_scale", "cpus": os.cpu_count(),
@@ -173,9 +179,20 @@ def main() -> None:
 
         if not args.no_fit:
             spec = FitSpec()
+            stages: list[list] = []
+
+            def progress(stage):  # the wall time of each stage of the fit, as `scaling fit` shows
+                now = time.perf_counter()
+                if stages:
+                    stages[-1][1] = now - stages[-1][1]
+                if stage is not None:
+                    stages.append([stage, now])
+                    print(f"  fit: {stage}", flush=True)
+
             t = time.perf_counter()
-            report = fit.fit(c.table(spec), spec, curves=c.curves)
+            report = fit.fit(c.table(spec), spec, curves=c.curves, progress=progress)
             res["fit_s"] = time.perf_counter() - t
+            res["fit_stages_s"] = [[name, float(dt)] for name, dt in stages]  # in order
             res["rss_after_fit_gib"] = _rss_gib()
             _, laws = plan(1)
             res["fit"] = {
@@ -208,6 +225,55 @@ def main() -> None:
     }  # fmt: skip
     write_json(args.out, res)
     print(json.dumps({"written": args.out}))
+    if Path(args.out).resolve() == OUT:
+        render_readme(OUT, README)
+
+
+README = Path(__file__).resolve().parent / "README.md"
+
+
+def table(res: dict) -> str:
+    """bench/README.md's block for ``res`` (an analysis_scale.json)."""
+    f = res.get("fabricated", {})
+    t = res.get("table", {})
+    lines = [
+        f"Machine: {res['cpus']} CPUs, load average {res['load_average_before']:.2f} before and "
+        f"{res['load_average_after']:.2f} after. Command: `{res['command']}`. "
+        f"{f.get('runs', 0):,} runs, {f.get('curve_rows', 0):,} metrics rows, "
+        f"{res['disk_bytes'] / 2**20:,.0f} MiB on disk; the fabricated sweep is not part of the "
+        f"timing ({res['fabricate_s']:.0f} s).",
+        "",
+        "| stage | wall time | goal | what |",
+        "|---|---:|---:|---|",
+        f"| `collect.collect`, cold (no `.collect/` cache; OS page cache warm) | "
+        f"**{res['collect_cold_s']:.1f} s** | ≤ 5 s | {t.get('runs', 0):,} runs, "
+        f"{t.get('curve_rows', 0):,} curve rows ({t.get('curves_mib', 0):,.0f} MiB in memory) |",
+        f"| `collect.collect`, warm (from the cache) | **{res['collect_warm_s']:.2f} s** | | a stat "
+        "of every file, two Parquet reads |",
+    ]
+    if "fit_s" in res:
+        lines.append(f"| `fit.fit`, default spec, with the curves | **{res['fit_s']:.0f} s** | ≤ 60 s | "
+                     "approaches 1, 2, 3, 4500 starts, 1000 resamples, held-out check, joint laws, "
+                     "comparison |")  # fmt: skip
+        for name, dt in res.get("fit_stages_s", []):
+            lines.append(f"| &nbsp;&nbsp;{name} | {dt:.1f} s | | |")
+        lines += ["", f"Peak RSS: {res['rss_after_collect_gib']:.2f} GiB after collecting, "
+                      f"{res['rss_after_fit_gib']:.2f} GiB after fitting (goal ≤ 2 GiB)."]  # fmt: skip
+    else:
+        lines += ["", f"Peak RSS after collecting: {res['rss_after_collect_gib']:.2f} GiB."]
+    return "\n".join(lines)
+
+
+def render_readme(results: Path, readme: Path) -> None:
+    """Rewrite the block between ``<!-- generated:analysis_scale -->`` markers from ``results``."""
+    import re
+
+    res = json.loads(Path(results).read_text())
+    text = readme.read_text()
+    pattern = re.compile(r"(<!-- generated:analysis_scale -->\n)(?:.*?\n)?(<!-- /generated:analysis_scale -->)",
+                         re.S)  # fmt: skip
+    if pattern.search(text):
+        readme.write_text(pattern.sub(lambda m: m[1] + table(res) + "\n" + m[2], text))
 
 
 if __name__ == "__main__":

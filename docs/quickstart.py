@@ -28,10 +28,10 @@ FIGURES = ("frontier", "isoflop", "isoloss", "envelope", "optimal")
 
 def export(run_dir: Path, out: Path = OUT) -> None:
     """The collected table of every run and their per-step curves, as committed inputs."""
+    import polars as pl
+
     from scaling.fit import collect
     from scaling.io import atomic_dir
-
-    import polars as pl
 
     c = collect.collect([run_dir], cache=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,12 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_dir is not None:
         export(args.run_dir)
     report = refit()
-    for old in OUT.glob("*.pdf"):  # figures are committed as PNG only
-        old.unlink()
-    written = write_outputs(report, OUT)
-    for path in written:
-        if path.suffix == ".pdf":
-            path.unlink()
+    # docs/quickstart/ also holds the committed inputs, so it is not a fit's own folder (which
+    # write_outputs alone may replace): the fit is written beside it, then its files moved in.
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=OUT.parent, prefix=".quickstart-fit-") as tmp:
+        written = write_outputs(report, Path(tmp) / "fit")
+        for path in written:
+            if path.suffix != ".pdf":  # figures are committed as PNG only
+                path.replace(OUT / path.name)
     print((OUT / "summary.txt").read_text(), end="")
     return 0
 

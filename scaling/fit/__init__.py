@@ -13,8 +13,10 @@ Modules, in the order data flows: :mod:`~scaling.fit.collect` (run directories â
 :mod:`~scaling.fit.spec` (fit specs), :mod:`~scaling.fit.points` (table â†’ per-method points),
 :mod:`~scaling.fit.laws` and :mod:`~scaling.fit.lbfgs` (the LSE law and its batched optimiser),
 :mod:`~scaling.fit.approach3`, :mod:`~scaling.fit.isoflop` (approach 2), :mod:`~scaling.fit.frontier`
-(power laws in C, approach 1, optimal allocation), :mod:`~scaling.fit.bootstrap` (intervals, held-out
-check), :mod:`~scaling.fit.compare`, :mod:`~scaling.fit.advice`, :mod:`~scaling.fit.results` (typed
+(power laws in C, approach 1, optimal allocation), :mod:`~scaling.fit.bootstrap` (intervals),
+:mod:`~scaling.fit.holdout` (the held-out check), :mod:`~scaling.fit.calibration` (rolling held-out
+checks, coverage, intervals widened for misspecification), :mod:`~scaling.fit.trust` (which approach
+to trust), :mod:`~scaling.fit.coverage` (their coverage on synthetic sweeps), :mod:`~scaling.fit.compare`, :mod:`~scaling.fit.advice`, :mod:`~scaling.fit.results` (typed
 results), :mod:`~scaling.fit.pipeline` (all of it per method), :mod:`~scaling.fit.report` (files and
 summary), :mod:`~scaling.fit.plots` (figures; plots never fit), :mod:`~scaling.fit.synth` (simulated
 sweeps with a known answer), :mod:`~scaling.fit.cli`.

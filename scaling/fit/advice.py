@@ -75,10 +75,9 @@ def candidates(method: str, base_configs: list[dict[str, Any]], arch: Arch,
     return list(out.values())
 
 
-def advise(table, fits: dict, spec: FitSpec) -> list[dict[str, Any]]:
-    """Best configuration per method and budget that fits ``spec.gpu_mem`` (see module docstring)."""
-    import polars as pl
-
+def check_inputs(table, spec: FitSpec) -> None:
+    """Raise unless ``table`` and ``spec`` allow advice (checked before any fit: bad input costs
+    seconds, not a fit)."""
     if not spec.predict:
         raise ScalingError("--gpu-mem needs --predict C: the budget to advise for")
     missing = [c for c in NEEDED if c not in table.columns]
@@ -87,6 +86,13 @@ def advise(table, fits: dict, spec: FitSpec) -> list[dict[str, Any]]:
             f"--gpu-mem needs runs from a sweep directory (column {missing[0]!r} is missing: "
             "a CSV table has no backbone or method configs)"
         )
+
+
+def advise(table, fits: dict, spec: FitSpec) -> list[dict[str, Any]]:
+    """Best configuration per method and budget that fits ``spec.gpu_mem`` (see module docstring)."""
+    import polars as pl
+
+    check_inputs(table, spec)
     cap = flops.parse_bytes(spec.gpu_mem)
     out = []
     for m, mf in fits.items():

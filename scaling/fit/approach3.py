@@ -11,7 +11,10 @@ The law is fitted in the log-space LSE form with a SUM of Huber(δ) and batched 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import scipy.stats
 
 from scaling.errors import ScalingError
 from scaling.fit import laws
@@ -49,15 +52,16 @@ def fit_approach3(points: Points, spec: FitSpec, starts: np.ndarray | None = Non
         if np.isfinite(N).all():
             n_law, d_law = fit_power_law(grid, N), fit_power_law(grid, D)
             gamma = -fit_power_law(grid, L - np.exp(e)).a
-    return ChinchillaFit(
+    out = ChinchillaFit(
         E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(al),
         beta=float(be), objective=fit.objective, delta=fit.delta, n_points=fit.n_points,
         n_starts=fit.n_starts, converged=fit.converged, at_optimum=fit.at_optimum,
         objective_spread=fit.objective_spread(), bound_hits=fit.bound_hits,
         grad_norm=fit.grad_norm, polish_message=fit.polish_message, flops=fm, n_opt=n_law,
         d_opt=d_law, c_range=c_range, n_range=(float(points.N.min()), float(points.N.max())),
-        loss_exponent=gamma,
+        loss_exponent=gamma, min_loss=float(points.L.min()),
     )  # fmt: skip
+    return dataclasses.replace(out, residual_structure=residual_structure(out, points))
 
 
 def law_grid(c_range: tuple[float, float]) -> np.ndarray:
@@ -71,6 +75,45 @@ def law_grid(c_range: tuple[float, float]) -> np.ndarray:
 def residuals(a3: ChinchillaFit, points: Points) -> np.ndarray:
     """log L − log L̂ of each point."""
     return np.log(points.L) - np.log(a3.predict(points.N, points.D))
+
+
+STRUCTURE_P = 0.01
+"""Residuals are called structured when a quadratic surface in (log N, log D) explains them at this
+significance (F-test) ..."""
+STRUCTURE_RMS = 1e-3
+"""... and its part of the residuals is larger than this in log loss (0.1%, Chinchilla's Huber δ):
+with thousands of runs a negligible misfit is significant, and is not worth a warning."""
+
+
+def residual_structure(a3: ChinchillaFit, points: Points) -> dict:
+    """How much of approach 3's log residuals a smooth surface explains: the residuals regressed on a
+    quadratic in (log N, log D) (5 regressors and an intercept). A law that fits leaves noise, which
+    no surface explains (R² ≈ 5/(n − 1)); a misspecified one (under-trained checkpoints, a form that
+    does not hold) leaves a smooth pattern. Returns R², the F-test p-value, the RMS of the residuals
+    and of their explained part, per-budget mean residuals, and ``structured`` (both thresholds
+    above exceeded). Hand-written: it is a dozen lines of least squares (scipy.stats gives the F
+    distribution)."""
+    r = residuals(a3, points)
+    n = len(r)
+    x = np.log(points.N)
+    y = np.log(points.D)
+    x, y = (x - x.mean()) / (x.std() or 1.0), (y - y.mean()) / (y.std() or 1.0)
+    V = np.c_[np.ones(n), x, y, x * x, x * y, y * y]
+    coef, *_ = np.linalg.lstsq(V, r, rcond=None)
+    fitted = V @ coef
+    ss_tot = float(((r - r.mean()) ** 2).sum())
+    ss_exp = float(((fitted - r.mean()) ** 2).sum())
+    r2 = ss_exp / ss_tot if ss_tot > 0 else 0.0
+    p = 1.0
+    if n > 6 and r2 < 1:
+        p = float(scipy.stats.f.sf((r2 / 5) / ((1 - r2) / (n - 6)), 5, n - 6))
+    elif r2 >= 1 and ss_tot > 0:
+        p = 0.0
+    explained = float(np.sqrt(ss_exp / n))
+    by_budget = [float(r[points.group == g].mean()) for g in range(len(points.budgets))]
+    return {"r2": r2, "p_value": p, "rms": float(np.sqrt(np.mean(r * r))),
+            "explained_rms": explained, "budget_mean": by_budget,
+            "structured": bool(p < STRUCTURE_P and explained > STRUCTURE_RMS)}  # fmt: skip
 
 
 def outliers(a3: ChinchillaFit, points: Points, sigma: float) -> list[tuple[int, str]]:

@@ -31,6 +31,7 @@ from scaling.fit.frontier import (
     optimal_allocation,
     power_law_batch,
 )
+from scaling.fit.holdout import holdout
 from scaling.fit.identify import ADVICE, approach3_reasons, power_law_reasons
 from scaling.fit.isoflop import OK, IsoFLOPFit, fit_isoflop, isoflop_batch
 from scaling.fit.joint import fit_joint
@@ -38,7 +39,6 @@ from scaling.fit.points import Exclusion, Points
 from scaling.fit.results import (
     ChinchillaFit,
     EnvelopeFit,
-    Holdout,
     MethodFit,
     OptimalParams,
     Prediction,
@@ -49,13 +49,16 @@ GRID_POINTS = 60
 
 
 def fit_method(
-    points: Points, spec: FitSpec, *, curves=None, seed=0
+    points: Points, spec: FitSpec, *, curves=None, seed=0, progress=None
 ) -> tuple[MethodFit, list[Exclusion]] | str:
-    """All approaches for one method, or the reason nothing could be fitted."""
+    """All approaches for one method, or the reason nothing could be fitted. ``progress`` is called
+    with each stage's name as it starts."""
+    progress = progress or (lambda stage: None)
     notes: list[str] = []
     dropped: list[Exclusion] = []
     a3 = None
     if spec.approach3.enabled:
+        progress(f"approach 3 ({len(points)} points, {len(grid_starts(spec.approach3))} starts)")
         try:
             a3 = fit_approach3(points, spec)
             if spec.outlier_sigma > 0:
@@ -72,6 +75,9 @@ def fit_method(
         except ScalingError as e:
             notes.append(f"approach 3 not fitted: {e}")
             a3 = None
+    if a3 is not None:
+        notes += approach3_notes(a3)
+    progress("approach 2")
     a2 = fit_isoflop(points, spec.approach2) if spec.approach2.enabled else None
     if a2 is not None:
         notes += [
@@ -83,6 +89,7 @@ def fit_method(
     a1 = None
     runs_curves = None
     if curves is not None and spec.approach1.enabled:
+        progress("approach 1")
         runs_curves = _run_curves(points, curves, spec)
         if len(runs_curves[0]) >= 2:
             a1 = _fit_envelope(points, runs_curves, spec)
@@ -98,6 +105,8 @@ def fit_method(
     hi = max([points.budgets.max() * 2, *predict]) if len(predict) else points.budgets.max() * 2
     grid = np.geomspace(points.budgets.min() / 2, hi, GRID_POINTS)
     evalC = np.concatenate([grid, predict])
+    if spec.bootstrap.resamples:
+        progress(f"bootstrap ({spec.bootstrap.resamples} resamples)")
     boot = _bootstrap(points, spec, a3, a2, a1, runs_curves, evalC, seed)
     level = spec.bootstrap.level
     a3 = a3 and _with_ci(a3, boot.get("approach3", {}), level)
@@ -110,18 +119,60 @@ def fit_method(
     predictions = _predictions(points, a3, curves_at, predict, len(grid))
     ident = _identification(points, a3, a2, a1, curves_at, boot, level)
     opt, opt_reason = _optimal_params(a2, a3, spec, ident, points.size_axis)
+    if spec.holdout.budgets:
+        progress("held-out check")
+    held = holdout(points, spec, a3 and a3.theta) if spec.holdout.budgets else None
+    if spec.joint.enabled:
+        progress("joint laws")
+    joint = fit_joint(points, spec) if spec.joint.enabled else None
+    if held is not None and held.bias is not None and abs(held.bias) > BIAS_NOTE:
+        notes.append(f"approach 3 predicts the held-out budget's runs with a {held.bias:+.1%} bias "
+                     f"(MAPE {held.mape:.1%}): its extrapolations are biased the same way")  # fmt: skip
     mf = MethodFit(
         method=points.method, points=points, approach3=a3, approach2=a2, approach1=a1,
         optimal_params=opt, predictions=tuple(predictions),
-        holdout=holdout(points, spec, a3 and a3.theta) if spec.holdout.budgets else None,
+        holdout=held,
         frontier=frontier, notes=tuple(notes), identification=ident,
         optimal_params_reason=opt_reason,
-        joint=fit_joint(points, spec) if spec.joint.enabled else None,
+        joint=joint,
         bootstrap={k: v["info"] for k, v in boot.items()} | {"level": level},
         samples={k: v["params"] | ({"theta": v["theta"]} if "theta" in v else {})
                  for k, v in boot.items()},
     )  # fmt: skip
     return mf, dropped
+
+
+BIAS_NOTE = 0.02
+"""A held-out approach-3 bias beyond ±2% of the loss is noted: an extrapolation that far off changes
+which configuration looks best."""
+
+
+STATIONARY = 1e-3
+"""Projected-gradient max-norm of the 1/δ²-scaled objective below which a polish that did not end on
+a convergence test (scipy's ``ABNORMAL``: the line search found no decrease) still sits at a
+stationary point: with terms of order one, 1e-3 is far below what moves a parameter."""
+
+
+def approach3_notes(a3: ChinchillaFit) -> list[str]:
+    """What the summary must say about an approach-3 fit beyond its numbers: an optimiser that did not
+    end on a convergence test, and residuals with a structure the law does not explain."""
+    notes = []
+    if not a3.converged_polish:
+        ended = f"the optimiser ended with '{a3.polish_message.strip()}'"
+        if a3.grad_norm < STATIONARY:
+            notes.append(f"approach 3: {ended} at a projected gradient of {a3.grad_norm:.2g} (of the "
+                         "1/δ²-scaled objective): its line search stalled at float precision at a "
+                         "stationary point")  # fmt: skip
+        else:
+            notes.append(f"approach 3: {ended} at a projected gradient of {a3.grad_norm:.2g}: the "
+                         "optimum may not be reached; read its numbers with care")  # fmt: skip
+    rs = a3.residual_structure
+    if rs and rs["structured"]:
+        worst = max(rs["budget_mean"], key=abs)
+        notes.append(f"approach 3: its residuals have structure (a quadratic in log N, log D "
+                     f"explains R² = {rs['r2']:.2f} of them, p = {rs['p_value']:.2g}; worst budget "
+                     f"mean {worst:+.2%}): the law's form misses part of the data")  # fmt: skip
+    return notes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,12 +267,9 @@ def _bootstrap(points, spec, a3, a2, a1, runs_curves, evalC, seed) -> dict[str, 
     if a1 is not None:
         rows, grid, Lm, Dm = runs_curves[0], runs_curves[1], runs_curves[2], runs_curves[3]
         mask = W[:, rows] > 0  # (R, runs)
-        Lr = np.where(mask[:, :, None], Lm[None], np.inf)
-        best = Lr.argmin(axis=1)  # (R, m)
-        Le = np.take_along_axis(Lr, best[:, None, :], axis=1)[:, 0]
+        best, Le, covered = _resampled_envelopes(mask, Lm, min(ENVELOPE_MIN_RUNS, len(rows)))
         Ne = points.N[rows][best]
         De = Dm[best, np.arange(len(grid))[None, :]]
-        covered = np.isfinite(Lr).sum(axis=1) >= min(ENVELOPE_MIN_RUNS, len(rows))
         ok = np.isfinite(Le) & np.isfinite(De) & covered
         w = ok.astype(float)
         nl = power_law_batch(np.log(grid), np.log(np.where(ok, Ne, 1.0)), w)
@@ -230,6 +278,25 @@ def _bootstrap(points, spec, a3, a2, a1, runs_curves, evalC, seed) -> dict[str, 
                                 delta=spec.approach3.delta)  # fmt: skip
         out["approach1"] = _law_samples(nl, dl, ll, evalC, r, 0)
     return out
+
+
+def _resampled_envelopes(mask: np.ndarray, Lm: np.ndarray, need: int, block_bytes: float = 64e6):
+    """Per resample (rows of ``mask``, the runs drawn), the run with the lowest loss at each compute
+    value, that loss, and whether ``need`` drawn runs reach it: (R, m) each. Done in blocks of
+    resamples so the (block, runs, m) temporary stays near ``block_bytes`` (the whole (R, runs, m)
+    array is 1.2 GB at 1000 resamples × 5000 runs × 30 values)."""
+    r, m = mask.shape[0], Lm.shape[1]
+    step = max(1, int(block_bytes // max(Lm.size * 8, 1)))
+    best = np.empty((r, m), dtype=int)
+    low = np.empty((r, m))
+    covered = np.empty((r, m), dtype=bool)
+    reach = np.isfinite(Lm)
+    for i in range(0, r, step):
+        Lr = np.where(mask[i : i + step, :, None], Lm[None], np.inf)
+        best[i : i + step] = Lr.argmin(axis=1)
+        low[i : i + step] = np.take_along_axis(Lr, best[i : i + step, None, :], axis=1)[:, 0]
+        covered[i : i + step] = (mask[i : i + step].astype(np.int32) @ reach) >= need
+    return best, low, covered
 
 
 def _law_samples(nl, dl, ll, evalC, r, failed) -> dict[str, Any]:
@@ -423,51 +490,3 @@ def _fit_envelope(points: Points, runs_curves, spec: FitSpec) -> EnvelopeFit:
         fit_power_law(env.C, env.D),
         fit_frontier_law(env.C, env.L, delta=spec.approach3.delta),
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Held-out check
-
-
-def holdout_starts(spec: FitSpec, best: np.ndarray | None) -> np.ndarray:
-    """Starts for the held-out refit: every 10th grid start plus the full fit's optimum (a fit on
-    fewer budgets lies in the same basin far more often than not) — a tenth of the grid's cost."""
-    grid = grid_starts(spec.approach3)
-    if len(grid) <= 500:
-        return grid if best is None else np.vstack([best[None], grid])
-    return grid[::10] if best is None else np.vstack([best[None], grid[::10]])
-
-
-def holdout(points: Points, spec: FitSpec, best: np.ndarray | None = None) -> Holdout:
-    """Fit on all but the ``holdout.budgets`` largest budgets; predict the held-out runs. ``best``:
-    the full fit's raw θ, used as one of the starts."""
-    k = spec.holdout.budgets
-    nb = len(points.budgets)
-    held = tuple(float(b) for b in points.budgets[nb - k :]) if nb > k else ()
-    if nb < k + 2:
-        return Holdout(held, 0, 0, None, None,
-                       reason=f"{nb} budget(s): holding out {k} needs ≥ {k + 2}")  # fmt: skip
-    test = points.group >= nb - k
-    train, tested = points.subset(~test), points.subset(test)
-    mape = bias = l_err = n_ratio = None
-    reasons = []
-    if spec.approach3.enabled:
-        try:
-            a3 = fit_approach3(train, spec, starts=holdout_starts(spec, best))
-            rel = a3.predict(tested.N, tested.D) / tested.L - 1
-            mape, bias = float(np.mean(np.abs(rel))), float(np.mean(rel))
-        except ScalingError as e:
-            reasons.append(f"approach 3: {e}")
-    if spec.approach2.enabled:
-        a2_train = fit_isoflop(train, spec.approach2)
-        a2_test = fit_isoflop(tested, spec.approach2).parabolas[-1]
-        if a2_train.n_opt is not None and a2_test.status == "ok":
-            c = a2_test.budget
-            l_err = float(a2_train.loss(c) / a2_test.loss_opt - 1)
-            n_ratio = float(a2_train.n_opt(c) / a2_test.n_opt)
-        else:
-            reasons.append(
-                "approach 2: " + (a2_train.reason or f"held-out budget: {a2_test.reason}")
-            )
-    return Holdout(held, len(train), len(tested), mape, bias, l_err, n_ratio,
-                   "; ".join(reasons) or None)  # fmt: skip

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from scaling.config import parse_overrides
 from scaling.errors import ScalingError
 
 HELP = "fit scaling laws, compute frontiers and method comparisons to a sweep's runs"
@@ -27,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sweep run directories, or one CSV/Parquet table of runs; a leading "
                              ".toml is a fit spec (see analysis/)")  # fmt: skip
     parser.add_argument("--spec", help="fit spec TOML (default: built-in defaults)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a fit spec value, TOML-typed, e.g. --set bootstrap.resamples=200 "
+                             "(repeatable; recorded in fits.json's settings)")  # fmt: skip
     parser.add_argument("--out", help="output directory (default: RUN_DIR/fit or TABLE-fit); "
                                       "replaced whole, and only if empty or a previous fit's")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the fit summary as JSON")
@@ -44,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="bootstrap seed")
     parser.add_argument("--grid", choices=("chinchilla", "small"),
                         help="approach-3 starts: Chinchilla's 4500 (default) or a 243-start grid")  # fmt: skip
+    parser.add_argument("--task", nargs="+", metavar="NAME",
+                        help="fit task laws (compute → task loss → accuracy) for these task "
+                             "evaluations only (default: every one the runs logged)")  # fmt: skip
+    parser.add_argument("--no-tasks", action="store_true",
+                        help="fit no task laws, even when the runs logged task evaluations")  # fmt: skip
     parser.add_argument("--no-plots", action="store_true", help="write no figures")
     parser.add_argument("--no-cache", action="store_true", help="re-read every run directory")
     t = parser.add_argument_group("CSV/Parquet tables (column names)")
@@ -64,6 +73,8 @@ def _spec(args: argparse.Namespace, spec_path: str | None):
     from scaling.fit.spec import load_spec
 
     spec = load_spec(spec_path)
+    if args.set:  # the spec file's values, then --set, then the dedicated flags below
+        spec = spec.with_overrides(parse_overrides(args.set))
     over = {}
     for key in ("n", "loss", "last_k", "methods", "exclude", "k", "gpu_mem"):
         v = getattr(args, key, None)
@@ -78,6 +89,11 @@ def _spec(args: argparse.Namespace, spec_path: str | None):
         boot["seed"] = args.seed
     if boot:
         over["bootstrap"] = spec.bootstrap.replace(**boot)
+    if getattr(args, "task", None) or getattr(args, "no_tasks", False):
+        over["tasks"] = spec.tasks.replace(
+            **({"names": list(args.task)} if args.task else {}),
+            **({"enabled": False} if args.no_tasks else {}),
+        )
     if args.grid == "small":
         over["approach3"] = spec.approach3.replace(**SMALL_GRID)
     elif args.grid == "chinchilla":
@@ -106,18 +122,56 @@ def run(args: argparse.Namespace) -> None:
     data = load_inputs(paths, spec, table_columns=columns, cache=not args.no_cache)
     out = Path(args.out) if args.out else data.default_out
     check_out(out)  # before the fit: a bad --out costs seconds, not a fit
+    if spec.gpu_mem:
+        from scaling.fit.advice import check_inputs
+
+        check_inputs(data.table, spec)
     for w in data.warnings:
         print(f"warning: {w}", file=sys.stderr)
     report = fit(data.table, spec, data.cols, curves=data.curves, source=data.source,
-                 inputs=[str(p) for p in paths])  # fmt: skip
+                 inputs=[str(p) for p in paths], described=data.described,
+                 progress=Progress(sys.stderr))  # fmt: skip
     written = write_outputs(report, out, plots=not args.no_plots)
     if args.json:
         print(json.dumps(clean_json(_json_summary(report, out)), indent=2))
         return
     print(summary(report))
     figures = sorted({p.stem for p in written if p.suffix in (".png", ".pdf")})
-    print(f"\nwrote {out}/: fits.json, frontier.parquet, summary.txt"
+    print(f"\nwrote {out}/: fits.json, frontier.parquet/.csv, minima.parquet/.csv, summary.txt"
           + (f", figures ({', '.join(figures)}; PNG and PDF)" if figures else ""))  # fmt: skip
+
+
+class Progress:
+    """Where ``scaling fit`` is: on a terminal a tqdm bar over the stages (each method's approaches,
+    its bootstrap, held-out check and joint laws, then the comparison) with the current stage and
+    the elapsed time; otherwise (a log, a pipe) one line per stage with the time it started at."""
+
+    def __init__(self, stream) -> None:
+        import time
+
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.start = time.perf_counter()
+        self.bar = None
+
+    def __call__(self, stage: str | None) -> None:
+        import time
+
+        if not self.tty:
+            if stage is not None:
+                print(f"fit [{time.perf_counter() - self.start:6.1f} s] {stage}", file=self.stream,
+                      flush=True)  # fmt: skip
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(file=self.stream, desc="fit", leave=False,
+                            bar_format="{desc} [{n} stages, {elapsed}]")  # fmt: skip
+        if stage is None:
+            self.bar.close()
+            return
+        self.bar.update(1)
+        self.bar.set_description_str(f"fit: {stage}")  # redrawn now, whatever tqdm's rate limit
 
 
 def _json_summary(report, out: Path) -> dict:

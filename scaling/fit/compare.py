@@ -52,11 +52,38 @@ def frontier_loss(mf, approach: str, C: np.ndarray) -> tuple[np.ndarray, np.ndar
     return point, E + A * C[None, :] ** -al
 
 
+def choose_source(methods: dict) -> tuple[str, str]:
+    """The approach whose frontier the comparison reads by default: the one whose held-out L*(C)
+    error (its prediction of the held-out budget's observed isoFLOP minimum, from the smaller
+    budgets) is lowest on average over the methods, and the sentence saying why. Approach 1 is not
+    scored (its held-out check would need curves cut at the held-out budget), so it is chosen only
+    when nothing else can be; without a held-out check approach 3 is the default."""
+    scores = {}
+    for approach in ("approach3", "approach2"):
+        errs = [mf.holdout.loss_error(approach) for mf in methods.values()
+                if mf.holdout is not None and _has(mf, approach)]  # fmt: skip
+        errs = [abs(e) for e in errs if e is not None]
+        if errs and len(errs) == sum(_has(mf, approach) for mf in methods.values()):
+            scores[approach] = float(np.mean(errs))
+    if not scores:
+        return "approach3", "no held-out L* error to choose by: approach3 by default"
+    best = min(scores, key=scores.get)
+    why = ", ".join(f"{a} {v:.2%}" for a, v in sorted(scores.items(), key=lambda kv: kv[1]))
+    return best, f"chosen by held-out L*(C) error (mean |error| over methods: {why})"
+
+
 def compare(methods: dict, spec: FitSpec) -> dict[str, Any]:
+    """Every method against one reference (``compare.baseline``, else the method with the lowest
+    frontier loss at the largest budget they share), at the largest budget inside both methods'
+    fitted ranges (or the ``--predict`` budgets), each entry marked ``extrapolated`` when its budget,
+    or the compute where the method reaches the reference's loss, lies outside what was fitted."""
     names = sorted(methods)
     wanted = spec.compare.source
-    source: dict[str, str] = {}
     notes = []
+    chosen_by = None
+    if wanted == "auto":
+        wanted, chosen_by = choose_source(methods)
+    source: dict[str, str] = {}
     for m in names:
         pick = next((a for a in (wanted, *ORDER) if _has(methods[m], a)), None)
         if pick is None:
@@ -68,53 +95,72 @@ def compare(methods: dict, spec: FitSpec) -> dict[str, Any]:
             notes.append(f"{m}: its {pick} law is not identified: read its multipliers with care")
         source[m] = pick
     names = [m for m in names if m in source]
+    ranges = {m: (float(methods[m].points.budgets.min()), float(methods[m].points.budgets.max()))
+              for m in names}  # fmt: skip
     budgets = np.concatenate([methods[m].points.budgets for m in names])
     cmin, cmax = budgets.min(), max([budgets.max(), *spec.predict])
     grid = np.geomspace(cmin / 1e3, cmax * 1e4, 400)
-    refs = sorted(set(spec.predict)) or [float(budgets.max())]
     curves = {m: frontier_loss(methods[m], source[m], grid) for m in names}
-    at_ref = {m: frontier_loss(methods[m], source[m], np.array(refs, dtype=float)) for m in names}
+    shared = min(r[1] for r in ranges.values())  # the largest budget every method reached or passed
     base = spec.compare.baseline
     if base is not None and base not in names:
-        notes.append(f"baseline {base!r} has no frontier; comparing every pair")
+        notes.append(f"baseline {base!r} has no frontier; comparing against the best")
         base = None
-    pairs = [(a, b) for a in names for b in names if a != b and (base is None or b == base)]
+    how = "named by compare.baseline"
+    if base is None:
+        at = {m: float(frontier_loss(methods[m], source[m], np.array([shared]))[0][0])
+              for m in names}  # fmt: skip
+        base = min(names, key=lambda m: at[m] if np.isfinite(at[m]) else np.inf)
+        how = f"the lowest frontier loss at C={shared:.3g}"
     level = spec.bootstrap.level
     multipliers = []
-    for a, b in pairs:
+    for a in (m for m in names if m != base):
+        lo, hi = max(ranges[a][0], ranges[base][0]), min(ranges[a][1], ranges[base][1])
+        refs = sorted(set(spec.predict)) or [hi if lo <= hi else ranges[base][1]]
+        at_ref = frontier_loss(methods[base], source[base], np.array(refs, dtype=float))
         for j, c in enumerate(refs):
-            value = compute_multiplier(grid, curves[a][0], np.array([at_ref[b][0][j]]), c)[0]
-            entry = {"method": a, "versus": b, "C": c, "source": [source[a], source[b]],
+            value = compute_multiplier(grid, curves[a][0], np.array([at_ref[0][j]]), c)[0]
+            outside = not (_inside(c, ranges[a]) and _inside(c, ranges[base]))
+            reach_out = bool(np.isfinite(value) and not _inside(value * c, ranges[a]))
+            entry = {"method": a, "versus": base, "C": c, "source": [source[a], source[base]],
                      "multiplier": _num(value),
                      "reached": None if np.isnan(value) else bool(np.isfinite(value)),
+                     "extrapolated": bool(outside or reach_out or not np.isfinite(value)),
+                     "budget_outside": outside, "reached_outside": reach_out,
                      "ci": None, "unreached_fraction": None}  # fmt: skip
-            if curves[a][1] is not None and at_ref[b][1] is not None:
-                r = min(len(curves[a][1]), len(at_ref[b][1]))
-                draws = compute_multiplier(grid, curves[a][1][:r], at_ref[b][1][:r, j], c)
+            if curves[a][1] is not None and at_ref[1] is not None:
+                r = min(len(curves[a][1]), len(at_ref[1]))
+                draws = compute_multiplier(grid, curves[a][1][:r], at_ref[1][:r, j], c)
                 entry["unreached_fraction"] = float(np.mean(np.isinf(draws)))
                 finite = np.where(np.isinf(draws), np.nan, draws)
                 entry["ci"] = _list(interval(finite, level))
             multipliers.append(entry)
     cross = []
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            lo = min(methods[a].points.budgets.min(), methods[b].points.budgets.min())
-            hi = max(methods[a].points.budgets.max(), methods[b].points.budgets.max())
-            for c, sign in crossovers(grid, curves[a][0], curves[b][0]):
-                better = a if sign > 0 else b
-                cross.append({"methods": [a, b], "C": c, "observed": bool(lo <= c <= hi),
-                              "better_above": better})  # fmt: skip
+    for a in (m for m in names if m != base):
+        lo = max(ranges[a][0], ranges[base][0])
+        hi = min(ranges[a][1], ranges[base][1])
+        for c, sign in crossovers(grid, curves[a][0], curves[base][0]):
+            better = a if sign > 0 else base
+            cross.append({"methods": [a, base], "C": c, "observed": bool(lo <= c <= hi),
+                          "better_above": better})  # fmt: skip
     return {
-        "source": wanted, "reference_C": refs, "multipliers": multipliers, "crossovers": cross,
-        "exponents": _exponents(methods, names, source, level), "notes": notes,
+        "source": wanted, "chosen_by": chosen_by, "reference": base, "reference_how": how,
+        "ranges": {m: list(r) for m, r in ranges.items()},
+        "reference_C": sorted({e["C"] for e in multipliers}), "multipliers": multipliers,
+        "crossovers": cross, "exponents": _exponents(methods, names, source, level, base),
+        "notes": notes,
         "grid": {"C": grid.tolist(), **{m: curves[m][0].tolist() for m in names}},
     }  # fmt: skip
 
 
-def _exponents(methods, names, source, level) -> list[dict[str, Any]]:
+def _inside(c: float, rng: tuple[float, float], tol: float = 1.01) -> bool:
+    return rng[0] / tol <= c <= rng[1] * tol
+
+
+def _exponents(methods, names, source, level, base) -> list[dict[str, Any]]:
     out = []
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
+    for a in names:
+        for b in [base] if a != base else []:
             if source[a] != source[b]:
                 continue
             approach = source[a]

@@ -8,6 +8,10 @@ the runs cannot pin down as if it were a result.
 A law is *not identified* when any of these holds (each is a reason, reported in ``summary.txt`` and
 ``fits.json``):
 
+* approach 3's irreducible loss E lies above the lowest loss observed: every point then sits above
+  a floor that some run went below, so the form does not describe the data (a flag rather than a
+  constraint E ≤ min L: a constrained fit would sit on the constraint and look like a result, while
+  the contradiction is the information — under-trained checkpoints, or a law of another form);
 * a parameter sits on the optimiser's bound (the data push it out of any sensible range: with E at
   its lower bound, for instance, the irreducible loss is not measured at all);
 * the bootstrap interval of an exponent reaches or crosses zero (the sign of the trend is unknown);
@@ -47,6 +51,11 @@ def _failed(info: dict | None) -> list[str]:
 def approach3_reasons(a3, info: dict | None, level: float = 0.95) -> list[str]:
     """Reasons approach 3's L(N, D) and its compute-optimal allocation are not identified."""
     reasons = []
+    floor = getattr(a3, "min_loss", None)  # None: a fit made without its points
+    if floor is not None and a3.E > floor:
+        reasons.append(f"E = {a3.E:.4g} lies above the lowest observed loss {floor:.4g}: the "
+                       "law's floor contradicts the data (under-trained points, or a form that "
+                       "does not hold)")  # fmt: skip
     for name in a3.bound_hits:
         value = {"e": a3.E, "a": a3.A, "b": a3.B, "alpha": a3.alpha, "beta": a3.beta}.get(name)
         shown = f" ({value:.3g})" if value is not None else ""

@@ -17,7 +17,7 @@ from typing import Any
 
 from scaling.errors import ScalingError, one_line
 from scaling.fit import collect
-from scaling.fit.points import Columns
+from scaling.fit.points import Columns, flops_warning
 from scaling.fit.spec import FitSpec
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -36,6 +36,74 @@ class Inputs:
     default_out: Path
     """Where the outputs go unless told: ``RUN_DIR/fit`` or ``TABLE-fit`` beside the table."""
     warnings: list[str]
+    described: str | None = None
+    """What was read, for the summary's header (a table's columns; None for run directories)."""
+
+
+COMMON_NAMES: dict[str, tuple[str, ...]] = {
+    "params": ("params", "n", "n_params", "num_params", "parameters", "model_size", "model_params",
+               "size", "non_embedding_params", "trainable_params"),
+    "tokens": ("tokens", "d", "n_tokens", "num_tokens", "train_tokens", "training_tokens", "data"),
+    "flops": ("flops", "c", "compute", "training_flops", "train_flops", "flop"),
+    "loss": ("loss", "l", "final_loss", "eval_loss", "val_loss", "validation_loss", "test_loss",
+             "final_eval_loss"),
+    "method": ("method",),
+    "budget": ("budget", "isoflop_budget", "compute_budget", "flops_budget"),
+    "run_id": ("run_id", "run", "id", "name"),
+}  # fmt: skip
+"""Column names a table's roles are recognised by (case-insensitive; ``-`` and spaces read as ``_``),
+for a table named as researchers publish them. A ``--<role>-col`` flag always wins."""
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def table_columns_for(table, named: dict[str, str], spec: FitSpec,
+                      source: str) -> tuple[Columns, str, list[str]]:  # fmt: skip
+    """The columns of a user's table: those named by flags, the others recognised by their common
+    names (:data:`COMMON_NAMES`); N, D or C may be missing when the other two are there (derived
+    with ``k``). Returns the Columns, the header's description of what was read, and warnings."""
+    for role, col in named.items():
+        if col not in table.columns:
+            raise ScalingError(f"--{role.replace('_', '-')}-col {col!r}: no such column in "
+                               f"{source}; columns: {', '.join(table.columns)}")  # fmt: skip
+    found = dict(named)
+    taken = set(named.values())
+    for role, names in COMMON_NAMES.items():
+        if role in found:
+            continue
+        hits = [c for c in table.columns if _norm(c) in names and c not in taken]
+        if len(hits) > 1:
+            raise ScalingError(f"{source}: columns {', '.join(map(repr, hits))} could each be "
+                               f"{role}; name one with --{role.replace('_', '-')}-col")  # fmt: skip
+        if hits:
+            found[role] = hits[0]
+            taken.add(hits[0])
+    if "loss" not in found:
+        raise ScalingError(f"{source}: no loss column (looked for {', '.join(COMMON_NAMES['loss'])}"
+                           f"); name it with --loss-col; columns: {', '.join(table.columns)}")  # fmt: skip
+    have = [r for r in ("params", "tokens", "flops") if r in found]
+    if len(have) < 2:
+        raise ScalingError(
+            f"{source}: two of parameters N, tokens D and FLOPs C are needed (found "
+            f"{', '.join(f'{r} = {found[r]!r}' for r in have) or 'none'}); name them with "
+            f"--params-col, --tokens-col, --flops-col; columns: {', '.join(table.columns)}"
+        )
+    k = f"{spec.k:g}"
+    parts = [f"N = {found['params']!r}" if "params" in found else f"N = C/({k}·D) (derived)",
+             f"D = {found['tokens']!r}" if "tokens" in found else f"D = C/({k}·N) (derived)",
+             f"C = {found['flops']!r}" if "flops" in found else f"C = {k}·N·D (derived)",
+             f"loss = {found['loss']!r}"]  # fmt: skip
+    inferred = sorted(set(found) - set(named))
+    warnings = []
+    if inferred:
+        warnings.append("columns recognised by name: " + ", ".join(
+            f"{r} = {found[r]!r}" for r in inferred) + " (override with --<role>-col)")  # fmt: skip
+    if "flops" not in found:
+        warnings.append(flops_warning(spec.k))
+    described = f"table {source}: " + ", ".join(parts)
+    return Columns(**{"params": None, **found}), described, warnings
 
 
 def read_table(path: Path):
@@ -97,12 +165,10 @@ def load_inputs(paths: list[Path], spec: FitSpec, *, table_columns: dict[str, st
     if any(p.suffix in TABLE_SUFFIXES for p in paths):
         if len(paths) > 1:
             raise ScalingError("give one table, or run directories, not both")
-        if not ("params" in named and "loss" in named):
-            raise ScalingError("a table needs --params-col and --loss-col (and --tokens-col or "
-                               "--flops-col)")  # fmt: skip
         table = read_table(paths[0])
-        return Inputs(table, Columns(**named), None, str(paths[0]),
-                      paths[0].with_name(paths[0].stem + "-fit"), [])  # fmt: skip
+        cols, described, warnings = table_columns_for(table, named, spec, str(paths[0]))
+        return Inputs(table, cols, None, str(paths[0]), paths[0].with_name(paths[0].stem + "-fit"),
+                      warnings, described)  # fmt: skip
     if named:
         flag = "--" + next(iter(named)).replace("_", "-") + "-col"
         raise ScalingError(f"{flag} is for CSV/Parquet tables; run directories have fixed columns")

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from scaling.errors import ScalingError
-from scaling.fit.laws import HUBER_DELTA, huber
+from scaling.fit.laws import HUBER_DELTA, Cells, huber
 from scaling.fit.lbfgs import blas_single_threaded, lbfgs_batched, polish_one
 from scaling.fit.points import Points
 
@@ -160,10 +160,13 @@ def predict_log(theta: np.ndarray, X: np.ndarray, layout: list[list[int]]) -> np
     return np.logaddexp.reduce(np.stack(terms, axis=-1), axis=-1)
 
 
-def objective(theta, X, y, layout, weights=None, delta=HUBER_DELTA):
+def objective(theta, X, y, layout, weights=None, delta=HUBER_DELTA, cells=None):
     """Σ w·Huber_δ(log L̂ − y)/δ² and its gradient for θ (S, P): with term_t = exp(a_t − Σ α·x)
-    and z = Σ_t term_t + E, ∂ log L̂/∂a_t = term_t/z, ∂/∂α_{t,v} = −x_v·term_t/z, ∂/∂e = E/z."""
+    and z = Σ_t term_t + E, ∂ log L̂/∂a_t = term_t/z, ∂/∂α_{t,v} = −x_v·term_t/z, ∂/∂e = E/z.
+    ``cells`` (:class:`scaling.fit.laws.Cells` of X, y): the same sum over groups of repeated x."""
     theta = np.atleast_2d(theta)
+    if cells is not None:
+        X = cells.X
     t_count = len(layout)
     terms, j, slots = [], t_count, []
     for t, term in enumerate(layout):
@@ -173,11 +176,14 @@ def objective(theta, X, y, layout, weights=None, delta=HUBER_DELTA):
         terms.append(np.exp(z))
     e = np.exp(theta[:, -1])
     total = sum(terms) + e[:, None]
-    r = np.log(total) - y
-    psi = np.clip(r, -delta, delta)
-    loss = huber(r, delta)
-    if weights is not None:
-        loss, psi = loss * weights, psi * weights
+    if cells is not None:
+        loss, psi = cells(np.log(total))
+    else:
+        r = np.log(total) - y
+        psi = np.clip(r, -delta, delta)
+        loss = huber(r, delta)
+        if weights is not None:
+            loss, psi = loss * weights, psi * weights
     scale = 1.0 / (delta * delta)
     f = loss.sum(axis=-1) * scale
     w = psi * scale / total
@@ -221,8 +227,10 @@ def fit_form(form: str, values: dict[str, np.ndarray], L: np.ndarray,
         raise ScalingError(f"{len(y)} points for {_n_params(layout)} parameters")
     lo, hi = _bounds(layout)
 
+    cells = Cells(X, y, None, delta) if Cells.worth(X) else None  # repeated configurations
+
     def fun(th, rows):
-        return objective(th, X, y, layout, delta=delta)
+        return objective(th, X, y, layout, delta=delta, cells=cells)
 
     batch = lbfgs_batched(fun, _starts(layout), lo, hi, gtol=1e-6, ftol=1e-12, maxiter=1000)
     picks: list[np.ndarray] = []

@@ -161,6 +161,99 @@ def objective(
 CHUNK_ELEMENTS = 32768
 
 
+class Cells:
+    """Points that share their x (seeds, and every repeat of one configuration) grouped into cells,
+    with Σ_i w_i·Huber_δ(p − y_i) over a cell's losses evaluated exactly at any prediction p from
+    prefix sums over its sorted losses: the points with |p − y| ≤ δ contribute ½(W·p² − 2p·Σwy + Σwy²),
+    those below and above δ·(±(p·W − Σwy) − δW/2), each range found by a binary search. An objective
+    then costs O(cells · log n) per θ instead of O(n): at 10,000 runs of 30 configurations, a
+    hundredfold less. The sum is the same, only reordered (no approximation). Hand-written: no
+    library evaluates a robust loss over grouped data.
+
+    ``weights``: None, (n,) or (R, n) multiplicities (bootstrap resamples); ``rows`` of a call pick
+    each prediction row's resample."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, weights: np.ndarray | None, delta: float):
+        self.X, inverse = np.unique(np.asarray(X, dtype=float), axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        order = np.lexsort((y, inverse))
+        ys, cell = np.asarray(y, dtype=float)[order], inverse[order]
+        m = len(self.X)
+        self.ymin = float(ys.min())
+        self.span = float(ys.max() - self.ymin) + 4 * delta + 1.0  # cells' keys never interleave
+        self.keys = cell * self.span + (ys - self.ymin)
+        self.base = np.arange(m) * self.span - self.ymin
+        self.start = np.searchsorted(cell, np.arange(m), "left")[None, :]
+        self.end = np.searchsorted(cell, np.arange(m), "right")[None, :]
+        W = np.ones((1, len(ys))) if weights is None else np.atleast_2d(weights)[:, order]
+        zero = np.zeros((W.shape[0], 1))
+        # Sums of y about each cell's own mean: p² − 2p·y + y² cancels far less than about zero.
+        self.ref = np.bincount(cell, ys, minlength=m) / np.bincount(cell, minlength=m)
+        yc = ys - self.ref[cell]
+        P = np.stack([np.hstack([zero, np.cumsum(W * yc**j, axis=1)]) for j in (0, 1, 2)], -1)
+        self.n1 = P.shape[1]
+        self.flat = P.reshape(-1, 3)  # (resample, index) → Σw, Σwy, Σwy² up to that index
+        self.at_start, self.at_end = P[:, self.start[0]], P[:, self.end[0]]  # (R, cells, 3)
+        self.delta = delta
+
+    def __call__(self, p: np.ndarray, rows: np.ndarray | None = None):
+        """Σ w·Huber(p − y) and Σ w·clip(p − y, −δ, δ) per cell for predictions ``p`` (S, cells)."""
+        d = self.delta
+        q = p + self.base
+        lo = np.searchsorted(self.keys, (q - d).ravel(), "left").reshape(p.shape)
+        hi = np.searchsorted(self.keys, (q + d).ravel(), "right").reshape(p.shape)
+        lo = np.clip(lo, self.start, self.end)
+        hi = np.clip(hi, lo, self.end)
+        one = self.at_start.shape[0] == 1
+        r = np.zeros((len(p), 1), dtype=int) if one or rows is None else np.asarray(rows)[:, None]
+        at_lo, at_hi = self.flat[r * self.n1 + lo], self.flat[r * self.n1 + hi]  # (S, cells, 3)
+        at_s = self.at_start[:1] if one else self.at_start[r[:, 0]]
+        at_e = self.at_end[:1] if one else self.at_end[r[:, 0]]
+        p = p - self.ref  # about each cell's mean, as the sums are
+        (b0, b1, _), (i0, i1, i2), (a0, a1, _) = (
+            np.moveaxis(v, -1, 0) for v in (at_lo - at_s, at_hi - at_lo, at_e - at_hi)
+        )  # below (p − y > δ), inside (|p − y| ≤ δ), above (p − y < −δ)
+        loss = (0.5 * (i0 * p * p - 2 * p * i1 + i2) + d * (p * b0 - b1 - 0.5 * d * b0)
+                + d * (a1 - p * a0 - 0.5 * d * a0))  # fmt: skip
+        psi = i0 * p - i1 + d * (b0 - a0)
+        return loss, psi
+
+    @staticmethod
+    def worth(X: np.ndarray) -> bool:
+        """Whether grouping pays: at most half as many distinct x as points."""
+        return len(np.unique(X, axis=0)) * 2 <= len(X)
+
+
+def cell_objective(theta: np.ndarray, cells: Cells, rows=None,
+                   delta: float = HUBER_DELTA) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """:func:`objective` on grouped points (``cells``; ``rows``: each θ row's resample)."""
+    theta = np.atleast_2d(np.asarray(theta, dtype=float))
+    s, m = theta.shape[0], len(cells.X)
+    rows = np.zeros(s, dtype=int) if rows is None else np.asarray(rows)
+    k = cells.X.shape[1]
+    xs = [np.ascontiguousarray(cells.X[:, i]) for i in range(k)]
+    f = np.empty(s)
+    g = np.empty((s, theta.shape[1]))
+    step = max(1, CHUNK_ELEMENTS // max(m, 1))
+    for i in range(0, s, step):
+        th = theta[i : i + step]
+        terms = [np.exp(th[:, j, None] - th[:, k + j, None] * xs[j]) for j in range(k)]
+        e = np.exp(th[:, 2 * k])
+        z = terms[0] + e[:, None]
+        for t in terms[1:]:
+            z = z + t
+        loss, psi = cells(np.log(z), rows[i : i + step])
+        scale = 1.0 / (delta * delta)
+        f[i : i + step] = loss.sum(axis=-1) * scale
+        psi = psi * scale / z
+        for j, t in enumerate(terms):
+            t = t * psi
+            g[i : i + step, j] = t.sum(axis=-1)
+            g[i : i + step, k + j] = -np.einsum("sn,n->s", t, xs[j])
+        g[i : i + step, 2 * k] = e * psi.sum(axis=-1)
+    return f, g
+
+
 def _objective_block(theta, xs, y, weights, delta):
     s, k = theta.shape[0], len(xs)
     # One (S, n) array per term (reductions over a short last axis are slow in numpy). No max-shift:
@@ -279,7 +372,11 @@ def fit_lse(
     # Grid starts that the box clips onto the same point are run once (and counted for each).
     uniq, inverse = np.unique(st, axis=0, return_inverse=True)
 
+    cells = Cells(Xc, y, weights, delta) if Cells.worth(Xc) else None
+
     def fun(th, rows):
+        if cells is not None:  # repeated configurations: the same sum over cells
+            return cell_objective(th, cells, None, delta)
         return objective(th, Xc, y, weights, delta)
 
     batch = lbfgs_batched(fun, uniq, lo, hi, gtol=1e-6, ftol=1e-12, maxiter=maxiter)
@@ -344,11 +441,14 @@ def refit_lse(
     lo, hi = bounds(k)
     st = np.clip(to_centred(np.atleast_2d(starts), x0), lo, hi)
     r, s = weights.shape[0], st.shape[0]
-    W = np.repeat(weights, s, axis=0)
-    Y = y if np.ndim(y) == 1 else np.repeat(y, s, axis=0)
     x_init = np.tile(st, (r, 1))
+    cells = Cells(Xc, y, weights, delta) if np.ndim(y) == 1 and Cells.worth(Xc) else None
+    W = None if cells is not None else np.repeat(weights, s, axis=0)
+    Y = y if np.ndim(y) == 1 else np.repeat(y, s, axis=0)
 
     def fun(th, rows):
+        if cells is not None:  # rows of θ are (resample, start) pairs, resample-major
+            return cell_objective(th, cells, np.asarray(rows) // s, delta)
         yy = Y if np.ndim(Y) == 1 else Y[rows]
         return objective(th, Xc, yy, W[rows], delta)
 

@@ -7,7 +7,10 @@
 Figures: ``isoflop`` (loss vs N per budget, fitted parabolas and their minima), ``frontier`` (L*(C) per
 method and approach with bootstrap bands, and every run), ``optimal`` (N*(C) and D*(C) with intervals),
 ``residuals`` (approach 3 log residuals vs N, D and C), ``isoloss`` (approach 3 contours of L(N, D)
-with isoFLOP lines and the compute-optimal path) and, with per-step logs, ``envelope`` (approach 1).
+with isoFLOP lines and the compute-optimal path), ``holdout`` (predicted vs observed loss at the
+held-out budget), ``calibration`` (each rolling held-out budget's predicted L* interval, bootstrap
+and calibrated, against its observed minimum) and, with per-step logs, ``envelope`` (approach 1). Laws of C are drawn in their
+approach's style over the fitted budgets (shaded) and dashed beyond them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from scaling.fit.approach3 import residuals as resid  # noqa: E402
 from scaling.fit.results import FitReport  # noqa: E402
 from scaling.io import atomic_path  # noqa: E402
 
-STYLE = {"approach3": "-", "approach2": "--", "approach1": ":"}
+STYLE = {"approach3": "-", "approach2": "-.", "approach1": ":"}
+EXTRAPOLATED = {"ls": (0, (4, 3)), "lw": 0.9, "alpha": 0.6}
+"""How a law is drawn beyond the budgets it was fitted on: dashed, thinner, fainter."""
 LABEL = {"approach3": "approach 3 (L(N,D))", "approach2": "approach 2 (isoFLOP minima)",
          "approach1": "approach 1 (envelope)"}  # fmt: skip
 
@@ -56,6 +61,20 @@ def _grid(n: int, width: float = 5.0, height: float = 4.0):
     return fig, axes[0]
 
 
+def _law(ax, C, Y, approach: str, color, label: str, fitted: tuple[float, float]) -> None:
+    """A law of C: its approach's line style inside the fitted budgets, dashed outside them."""
+    C, Y = np.asarray(C), np.asarray(Y)
+    inside = (C >= fitted[0] / 1.01) & (C <= fitted[1] * 1.01)
+    ax.plot(np.where(inside, C, np.nan), Y, STYLE[approach], color=color, label=label)
+    out = ~inside
+    out = out | np.r_[out[1:], False] | np.r_[False, out[:-1]]  # joined to the fitted part
+    ax.plot(np.where(out, C, np.nan), Y, color=color, **EXTRAPOLATED)
+
+
+def _fitted_range(ax, lo: float, hi: float, color) -> None:
+    ax.axvspan(lo, hi, color=color, alpha=0.06, lw=0)
+
+
 def isoflop(report: FitReport):
     """Loss vs N at each budget, the fitted parabola, and its minimum (hollow: not interior)."""
     fig, axes = _grid(len(report.methods))
@@ -71,7 +90,11 @@ def isoflop(report: FitReport):
                 continue
             par = mf.approach2.parabolas[g]
             if all(np.isfinite(par.coef)):
-                ns = np.geomspace(p.N[sel].min() / 1.3, p.N[sel].max() * 1.3, 100)
+                lo, hi = par.window or (
+                    p.N[sel].min(),
+                    p.N[sel].max(),
+                )  # the window it was fitted on
+                ns = np.geomspace(lo / 1.3, hi * 1.3, 100)
                 ax.plot(ns, par.curve(ns), color=color, lw=1)
             if par.n_opt is not None and par.loss_opt is not None:
                 ok = par.status == "ok"
@@ -97,18 +120,26 @@ def frontier(report: FitReport):
     for m, mf in report.methods.items():
         c = colors[m]
         ax.scatter(mf.points.C, mf.points.L, s=8, color=c, alpha=0.35)
+        fitted = (float(mf.points.budgets.min()), float(mf.points.budgets.max()))
+        _fitted_range(ax, *fitted, c)
         for approach, cols in mf.frontier.items():
-            ax.plot(cols["C"], cols["L"], STYLE[approach], color=c, label=f"{m}: {LABEL[approach]}")
+            _law(ax, cols["C"], cols["L"], approach, c, f"{m}: {LABEL[approach]}", fitted)
             if np.isfinite(cols["L_lo"]).any():
                 ax.fill_between(cols["C"], cols["L_lo"], cols["L_hi"], color=c, alpha=0.15, lw=0)
         if mf.approach2 is not None:
             ok = [p for p in mf.approach2.parabolas if p.status == "ok"]
             ax.plot([p.budget for p in ok], [p.loss_opt for p in ok], "*", color=c, mec="k", ms=10)
-        ax.axvline(mf.points.budgets.max(), color=c, lw=0.5, alpha=0.5)
     _log(ax)
+    # The loss axis spans the runs (a band that widens far outside the data would flatten them).
+    losses = np.concatenate([mf.points.L for mf in report.methods.values()])
+    lows = [np.nanmin(cols["L"]) for mf in report.methods.values() for cols in mf.frontier.values()
+            if np.isfinite(cols["L"]).any()]  # fmt: skip
+    lo, hi = min([losses.min(), *lows]), losses.max()
+    ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
     ax.set_xlabel("training FLOPs C")
     ax.set_ylabel("loss")
-    ax.set_title("compute frontier L*(C) (bands: bootstrap interval; | largest fitted budget)")
+    ax.set_title("compute frontier L*(C) (shaded: fitted budgets; dashed: extrapolated; bands: "
+                 "bootstrap interval)", fontsize=9)  # fmt: skip
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -122,9 +153,10 @@ def optimal(report: FitReport):
                            (axes[1], "D", "D* (tokens)")):  # fmt: skip
         for m, mf in report.methods.items():
             c = colors[m]
+            fitted = (float(mf.points.budgets.min()), float(mf.points.budgets.max()))
+            _fitted_range(ax, *fitted, c)
             for approach, cols in mf.frontier.items():
-                ax.plot(cols["C"], cols[key], STYLE[approach], color=c,
-                        label=f"{m}: {LABEL[approach]}")  # fmt: skip
+                _law(ax, cols["C"], cols[key], approach, c, f"{m}: {LABEL[approach]}", fitted)
                 if np.isfinite(cols[f"{key}_lo"]).any():
                     ax.fill_between(cols["C"], cols[f"{key}_lo"], cols[f"{key}_hi"], color=c,
                                     alpha=0.15, lw=0)  # fmt: skip
@@ -144,8 +176,8 @@ def optimal(report: FitReport):
         ax.set_xlabel("training FLOPs C")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
-    axes[0].set_title("compute-optimal size N*(C)")
-    axes[1].set_title("compute-optimal tokens D*(C)")
+    axes[0].set_title("compute-optimal size N*(C) (dashed: extrapolated)")
+    axes[1].set_title("compute-optimal tokens D*(C) (dashed: extrapolated)")
     fig.tight_layout()
     return fig
 
@@ -223,8 +255,103 @@ def envelope(report: FitReport):
     return fig
 
 
+def holdout(report: FitReport):
+    """The held-out check: approach 3's predicted vs observed loss of every held-out run (fitted on
+    the smaller budgets), with its MAPE and bias, and each approach's L* against the observed minimum."""
+    fits = {m: mf for m, mf in report.methods.items() if mf.holdout is not None
+            and (mf.holdout.observed or mf.holdout.observed_loss_opt is not None)}  # fmt: skip
+    if not fits:
+        return None
+    fig, axes = _grid(1, 6, 5)
+    ax = axes[0]
+    colors = _colors(report.methods)
+    values = []
+    for m, mf in fits.items():
+        h, c = mf.holdout, colors[m]
+        held = ", ".join(f"{b:.3g}" for b in h.held_out)
+        if h.observed:
+            ax.scatter(h.observed, h.predicted, s=16, color=c,
+                       label=f"{m} at C={held}: approach 3, MAPE {h.mape:.2%}, bias {h.bias:+.2%}")  # fmt: skip
+            values += [*h.observed, *h.predicted]
+        if h.observed_loss_opt is not None:
+            for approach, marker in (("approach3", "*"), ("approach2", "D")):
+                err = h.loss_error(approach)
+                if err is None:
+                    continue
+                pred = h.observed_loss_opt * (1 + err)
+                ax.plot([h.observed_loss_opt], [pred], marker, color=c, mec="k", ms=11 - 3 * (marker == "D"),
+                        ls="none", label=f"{m}: {approach} L* {err:+.2%}")  # fmt: skip
+                values += [h.observed_loss_opt, pred]
+    lo, hi = min(values), max(values)
+    pad = 0.03 * (hi - lo or hi)
+    ax.plot(
+        [lo - pad, hi + pad], [lo - pad, hi + pad], color="k", lw=0.8, label="predicted = observed"
+    )
+    ax.set_xlabel("observed loss (held-out budget)")
+    ax.set_ylabel("predicted from the smaller budgets")
+    ax.set_title("held-out check: predicted vs observed loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def calibration(report: FitReport):
+    """The rolling held-out checks: per method and held-out budget, each approach's predicted L*
+    (from the budgets below) with its bootstrap interval (thick) and the interval widened by the
+    approach's discrepancy (thin), against the observed isoFLOP minimum (black); the predictions at
+    ``--predict`` budgets the same way, without an observation."""
+    fits = {m: mf.calibration for m, mf in report.methods.items()
+            if mf.calibration is not None and (mf.calibration.check.folds
+                                               or mf.calibration.predictions)}  # fmt: skip
+    if not fits:
+        return None
+    fig, axes = _grid(len(fits))
+    styles = {"approach3": ("tab:blue", "*", 0.97), "approach2": ("tab:orange", "D", 1.03)}
+    for ax, (m, a) in zip(axes, fits.items(), strict=False):
+        seen = set()
+        for f in a.check.folds:
+            if f.predicted is None:
+                continue
+            color, marker, shift = styles[f.approach]
+            x = f.budget * shift
+            cal = a.check.calibrations.get(f.approach)
+            wide = cal.interval(f.predicted, f.interval, f.distance) if cal else None
+            if wide is not None:
+                ax.plot([x, x], wide, color=color, lw=0.8)
+            if f.interval is not None:
+                ax.plot([x, x], f.interval, color=color, lw=3, alpha=0.6)
+            ax.plot([x], [f.predicted], marker, color=color, mec="k", ms=7,
+                    label=None if f.approach in seen else f"{f.approach} (held out)")  # fmt: skip
+            seen.add(f.approach)
+            ax.plot([f.budget], [f.observed], "o", color="k", ms=5,
+                    label=None if "obs" in seen else "observed minimum")  # fmt: skip
+            seen.add("obs")
+        for p in a.predictions:
+            color, marker, shift = styles[p.approach]
+            x = p.C * shift
+            if p.calibrated is not None:
+                ax.plot([x, x], p.calibrated, color=color, lw=0.8, ls="--")
+            if p.interval is not None:
+                ax.plot([x, x], p.interval, color=color, lw=3, alpha=0.3)
+            ax.plot([x], [p.loss], marker, color=color, mfc="none", ms=7,
+                    label=None if ("p", p.approach) in seen else f"{p.approach} (--predict)")  # fmt: skip
+            seen.add(("p", p.approach))
+        _log(ax)
+        ax.set_xlabel("compute C (FLOPs)")
+        ax.set_ylabel("L* (loss at the compute-optimal allocation)")
+        ax.set_title(
+            f"{m}: predicted L* (bootstrap thick, calibrated thin) vs observed", fontsize=9
+        )
+        ax.legend(fontsize=7)
+    for ax in axes[len(fits) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {"isoflop": isoflop, "frontier": frontier, "optimal": optimal, "residuals": residuals,
-           "isoloss": isoloss, "envelope": envelope}  # fmt: skip
+           "isoloss": isoloss, "envelope": envelope, "holdout": holdout,
+           "calibration": calibration}  # fmt: skip
 
 
 def save_all(report: FitReport, out: str | Path) -> list[Path]:

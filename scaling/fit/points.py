@@ -23,7 +23,8 @@ from scaling.fit.spec import FitSpec
 class Columns:
     """Which table columns hold what (None: absent)."""
 
-    params: str
+    params: str | None
+    """Parameters N (None: derived as C/(k·D) from a table's FLOPs and tokens)."""
     loss: str
     tokens: str | None = None
     flops: str | None = None
@@ -117,6 +118,13 @@ class Prepared:
     """Per method, the median best learning-rate multiplier at its smallest budget."""
 
 
+def flops_warning(k: float) -> str:
+    """The warning for a table without FLOPs (C = k·N·D assumed)."""
+    return (f"no FLOPs column: C = {k:g}·N·D assumed (k in the fit spec, --k). For fine-tuning that "
+            "is not the real cost (the frozen backbone's forward and backward are paid per token "
+            "whatever N is): give the runs' FLOPs with --flops-col")  # fmt: skip
+
+
 def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -> Prepared:
     """Validate ``table`` (polars DataFrame) and split it into per-method fit points.
 
@@ -140,8 +148,9 @@ def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -
         raise ScalingError(
             f"column '{missing[0]}' not in {source}; columns: {', '.join(table.columns)}"
         )
-    if cols.tokens is None and cols.flops is None:
-        raise ScalingError("need tokens or FLOPs per run (--tokens-col or --flops-col)")
+    if sum(c is None for c in (cols.params, cols.tokens, cols.flops)) > 1:
+        raise ScalingError("need two of parameters, tokens and FLOPs per run (--params-col, "
+                           "--tokens-col, --flops-col)")  # fmt: skip
     warnings: list[str] = []
     n = table.height
 
@@ -192,10 +201,14 @@ def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -
     budget = numeric(cols.budget)
     if cols.flops is None:
         C = spec.k * N * D
-        warnings.append(f"no FLOPs column: C = {spec.k:g}·N·D (set k in the fit spec)")
+        warnings.append(flops_warning(spec.k))
     if cols.tokens is None:
         D = C / (spec.k * N)
-        warnings.append(f"no tokens column: D = C / ({spec.k:g}·N) (set k in the fit spec)")
+        warnings.append(f"no tokens column: D = C / ({spec.k:g}·N) (k in the fit spec, --k)")
+    if cols.params is None:
+        N = C / (spec.k * D)
+        trainable = N.copy()
+        warnings.append(f"no parameters column: N = C / ({spec.k:g}·D) (k in the fit spec, --k)")
     exclusions: list[Exclusion] = []
     keep = np.ones(n, dtype=bool)
     wanted = set(spec.methods)
@@ -212,7 +225,7 @@ def prepare(table, spec: FitSpec, cols: Columns, *, source: str = "the table") -
             kind = str(status[i])
             reason = kind + (f": {error[i]}" if error[i] else "")
         else:
-            for label, v in ((cols.params, N[i]), (cols.loss, L[i]),
+            for label, v in ((cols.params or "derived parameters", N[i]), (cols.loss, L[i]),
                              (cols.tokens or "derived tokens", D[i]),
                              (cols.flops or "derived FLOPs", C[i])):  # fmt: skip
                 if not (np.isfinite(v) and v > 0):

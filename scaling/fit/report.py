@@ -1,4 +1,5 @@
-"""What ``scaling fit`` writes and prints: fits.json, frontier.parquet, figures, the summary table.
+"""What ``scaling fit`` writes and prints: fits.json, frontier.parquet / .csv (N*, D*, L* on a grid
+of C), minima.parquet / .csv (approach 2's per-budget minima), figures, the summary table.
 
     >>> from scaling.fit.report import summary, write_outputs
     >>> print(summary(report))
@@ -21,6 +22,7 @@ from scaling.errors import ScalingError, one_line
 from scaling.fit.results import FitReport
 from scaling.io import (
     atomic_dir,
+    atomic_path,
     check_replaceable,
     check_writable,
     write_json,
@@ -28,7 +30,8 @@ from scaling.io import (
     write_text,
 )
 
-FIT_FILES = ("fits.json", "frontier.parquet", "summary.txt")
+FIT_FILES = ("fits.json", "frontier.parquet", "frontier.csv", "minima.parquet", "minima.csv",
+             "summary.txt")  # fmt: skip
 FIGURE_SUFFIXES = (".png", ".pdf")
 
 
@@ -51,6 +54,34 @@ def frontier_table(report: FitReport):
     return pl.concat(parts, how="diagonal_relaxed")
 
 
+def minima_table(report: FitReport):
+    """Approach 2's per-budget minima, one row per method × budget: the window fitted, the lowest
+    observed point, N*, D*, L* with their intervals, the status and its reason."""
+    import polars as pl
+
+    rows = []
+    for m, mf in report.methods.items():
+        if mf.approach2 is None:
+            continue
+        for p in mf.approach2.parabolas:
+            ci = {f"{k}_{end}": v[i] for k, v in p.ci.items() for i, end in enumerate(("lo", "hi"))}
+            rows.append({
+                "method": m, "C": p.budget, "runs": p.n_points, "distinct_n": p.n_distinct,
+                "runs_fitted": p.n_window, "window_n_lo": p.window and p.window[0],
+                "window_n_hi": p.window and p.window[1], "lowest_n": p.lowest, "n_opt": p.n_opt,
+                "d_opt": p.d_opt, "loss_opt": p.loss_opt, "status": p.status, "reason": p.reason,
+                **{f"{k}_{e}": ci.get(f"{k}_{e}") for k in ("n_opt", "d_opt", "loss_opt")
+                   for e in ("lo", "hi")},
+            })  # fmt: skip
+    schema = {"method": pl.String, "status": pl.String, "reason": pl.String}
+    return pl.DataFrame(rows, schema_overrides=schema, infer_schema_length=None)
+
+
+def _write_csv(frame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.write_csv(tmp)
+
+
 def is_fit_output(path: Path) -> bool:
     """A folder a previous ``scaling fit`` wrote: its fits.json and nothing but what a fit writes
     (:data:`FIT_FILES` and its figures), so a folder where a user keeps anything else is refused."""
@@ -59,7 +90,10 @@ def is_fit_output(path: Path) -> bool:
     from scaling.fit.plots import FIGURES
 
     figures = {f"{name}{suffix}" for name in FIGURES for suffix in FIGURE_SUFFIXES}
-    return all(p.is_file() and p.name in {*FIT_FILES, *figures} for p in path.iterdir())
+    from scaling.fit.taskplots import is_task_figure
+
+    return all(p.is_file() and (p.name in {*FIT_FILES, *figures} or is_task_figure(p.name))
+               for p in path.iterdir())  # fmt: skip
 
 
 def check_out(out: str | Path) -> None:
@@ -86,13 +120,21 @@ def write_outputs(report: FitReport, out: str | Path, *, plots: bool = True) -> 
 
 def _write_files(report: FitReport, folder: Path, *, plots: bool) -> list[str]:
     write_json(folder / "fits.json", clean_json(report.to_json()))
-    write_parquet(frontier_table(report), folder / "frontier.parquet")
+    frontier = frontier_table(report)
+    write_parquet(frontier, folder / "frontier.parquet")
+    _write_csv(frontier, folder / "frontier.csv")
+    minima = minima_table(report)
+    write_parquet(minima, folder / "minima.parquet")
+    _write_csv(minima, folder / "minima.csv")
     write_text(folder / "summary.txt", summary(report) + "\n")
     names = list(FIT_FILES)
     if plots:
         from scaling.fit import plots as plots_mod
 
         names += [p.name for p in plots_mod.save_all(report, folder)]
+        from scaling.fit import taskplots
+
+        names += [p.name for p in taskplots.save_all(report, folder)]
     return names
 
 
@@ -145,10 +187,11 @@ def summary(report: FitReport) -> str:
     s = report.spec
     n_fit = sum(len(mf.points) for mf in report.methods.values())
     level = f"{s.bootstrap.level:.0%}"
+    read = report.described or (f"N = {s.n} parameters, loss = {s.loss}"
+                                + (f" (k={s.last_k})" if s.loss == "last_k_eval" else ""))  # fmt: skip
     lines = [
         f"scaling fit: {len(report.methods)} method(s), {n_fit} runs fitted, "
-        f"{len(report.exclusions)} excluded; N = {s.n} parameters, loss = {s.loss}"
-        + (f" (k={s.last_k})" if s.loss == "last_k_eval" else "")
+        f"{len(report.exclusions)} excluded; {read}"
         + f"; {s.bootstrap.resamples} bootstrap resamples ({level} intervals)",
     ]
     if report.exclusions:
@@ -158,7 +201,7 @@ def summary(report: FitReport) -> str:
     for m, mf in report.methods.items():
         a3 = mf.approach3
         if a3 is None:
-            rows.append((m, str(len(mf.points)), str(len(mf.points.budgets))) + ("-",) * 7)
+            rows.append((m, str(len(mf.points)), str(len(mf.points.budgets))) + ("-",) * 8)
             continue
         rows.append((
             m, str(len(mf.points)), str(len(mf.points.budgets)),
@@ -167,11 +210,14 @@ def summary(report: FitReport) -> str:
             f"{a3.at_optimum:.0%} of {a3.n_starts}; median start "
             f"{_ratio(a3.objective_spread['median'], a3.objective)}"
             + (f"; on a bound: {','.join(a3.bound_hits)}" if a3.bound_hits else ""),
-            _identified(mf, "approach3"),
+            "converged" if a3.converged_polish
+            else f"{a3.polish_message.split(':')[0]}, |g| {a3.grad_norm:.1g}",
+            _residuals(a3), _identified(mf, "approach3"),
         ))  # fmt: skip
     lines += ["", "approach 3: L(N, D) = E + A/N^α + B/D^β"]
     lines += _table(("method", "runs", "budgets", "E", "A", "B", "α", "β",
-                     "starts at the optimum; spread", "law"), rows)  # fmt: skip
+                     "starts at the optimum; spread", "optimiser", "residuals", "law"), rows)  # fmt: skip
+    lines += _minima(report)
     rows = []
     for m, mf in report.methods.items():
         for name in ("approach1", "approach2", "approach3"):
@@ -214,23 +260,38 @@ def summary(report: FitReport) -> str:
         rows.append((m, held, f"{h.n_train}/{h.n_test}",
                      "-" if h.mape is None else f"{h.mape:.2%}",
                      "-" if h.bias is None else f"{h.bias:+.2%}",
+                     "-" if h.approach3_loss_error is None else f"{h.approach3_loss_error:+.2%}",
                      "-" if h.approach2_loss_error is None else f"{h.approach2_loss_error:+.2%}",
                      "-" if h.approach2_n_ratio is None else f"{h.approach2_n_ratio:.3g}",
                      h.reason or ""))  # fmt: skip
     if rows:
-        lines += ["", "held-out check (fit on the smaller budgets, predict the largest):"]
+        lines += [
+            "",
+            "held-out check (fit on the smaller budgets, predict the largest with an "
+            "interior isoFLOP minimum; L* error: predicted / observed minimum − 1):",
+        ]
         lines += _table(("method", "held out C", "train/test", "A3 MAPE", "A3 bias",
-                         "A2 L* error", "A2 N* ratio", "note"), rows)  # fmt: skip
+                         "A3 L* error", "A2 L* error", "A2 N* ratio", "note"), rows)  # fmt: skip
+    lines += _rolling(report)
     lines += _joint(report)
     preds = [(m, q) for m, mf in report.methods.items() for q in mf.predictions]
     if preds:
-        lines += ["", "predictions:"]
+        lines += ["", f"predictions: (L* with its bootstrap {level} interval; calibrated: widened for "
+                      "the rolling held-out record)"]  # fmt: skip
         lines += _table(
-            ("method", "C", "approach", "N*", "D*", "L*", ""),
+            ("method", "C", "approach", "N*", "D*", "L*", "calibrated", ""),
             [(m, _g(q.C), q.approach, _g(q.n_opt) + _ci(q.ci, "n_opt"),
               _g(q.d_opt) + _ci(q.ci, "d_opt"), _g(q.loss, 4) + _ci(q.ci, "loss", 4),
+              _ci(q.ci, "loss_calibrated", 4).strip() or "-",
               "extrapolated" if q.extrapolated else "") for m, q in preds],
         )  # fmt: skip
+    trust = [(m, t) for m, mf in report.methods.items() if mf.calibration
+             for t in mf.calibration.trust]  # fmt: skip
+    if trust:
+        lines += ["", "which approach to trust (the better held-out record where they disagree):"]
+        lines += [f"  {m} at C={_g(t.C)}: "
+                  + (f"{t.trusted} — " if t.disagree and t.trusted else "") + t.reason
+                  for m, t in trust]  # fmt: skip
     if report.comparison:
         lines += ["", _comparison(report.comparison)]
     if report.advice:
@@ -243,6 +304,12 @@ def summary(report: FitReport) -> str:
             extra = "" if b["config"] == u["config"] else (
                 f"; unconstrained best {_dial(u)} L={_g(u['loss'], 4)} needs "
                 f"{_bytes(u['peak_bytes'])}")  # fmt: skip
+            if a.get("trusted_loss"):
+                t = a["trusted_loss"]
+                lines.append(f"  {a['method']} at C={_g(a['C'])}: approach 3 (which ranks these "
+                             f"configurations) disagrees with {t['approach']}, which has the better "
+                             f"held-out record: expect L* near {_g(t['loss'], 4)}"
+                             + _ci({"l": t["ci"]} if t["ci"] else {}, "l", 4))  # fmt: skip
             lines.append(
                 f"  {a['method']} at C={_g(a['C'])}: {_dial(b)} (N={_g(b['n'])}, D={_g(b['d'])}, "
                 f"micro-batch {b['micro_batch_size']}) predicted L={_g(b['loss'], 4)}"
@@ -250,10 +317,50 @@ def summary(report: FitReport) -> str:
                 f"peak {_bytes(b['peak_bytes'])}{' (extrapolated)' if b['extrapolated'] else ''}"
                 + extra
             )
+    if report.tasks is not None:
+        from scaling.fit.taskfit import summary_lines
+
+        lines += summary_lines(report.tasks)
     notes = [f"{m}: {n}" for m, mf in report.methods.items() for n in mf.notes]
     if notes or report.warnings:
         lines += ["", "notes:"] + [f"  {n}" for n in [*report.warnings, *notes]]
     return "\n".join(lines)
+
+
+def _rolling(report: FitReport) -> list[str]:
+    """The rolling held-out checks: every fold's prediction against the observed minimum, and per
+    approach the bootstrap intervals' coverage, the discrepancy and the held-out record."""
+    rows, recs = [], []
+    for m, mf in report.methods.items():
+        a = mf.calibration
+        if a is None:
+            continue
+        if a.check.reason:
+            recs.append(f"  {m}: no rolling check — {a.check.reason}")
+        for f in a.check.folds:
+            rows.append((m, _g(f.budget), str(f.n_train_budgets), f.approach,
+                         _g(f.predicted, 4) + _ci({"l": f.interval} if f.interval else {}, "l", 4),
+                         _g(f.observed, 4), "-" if f.error is None else f"{f.error:+.2%}",
+                         {True: "yes", False: "NO", None: "-"}[f.covered]
+                         if f.predicted is not None else (f.reason or "")))  # fmt: skip
+        for name, c in a.check.calibrations.items():
+            if not c.folds:
+                continue
+            n = sum(f.interval is not None for f in c.folds)
+            cov = "-" if c.coverage is None else f"{round(c.coverage * n)}/{n}"
+            loo = "" if c.calibrated_coverage is None else (
+                f", calibrated {c.calibrated_coverage:.0%} (τ from the other folds)")  # fmt: skip
+            recs.append(f"  {m} {name}: bootstrap intervals held {cov} observed minima{loo}; "
+                        f"RMS error {c.rmse:.2%}, bias {c.bias:+.2%}; discrepancy τ = "
+                        f"{c.tau:.2%} per decade from {c.dof} fold(s)")  # fmt: skip
+    if not rows and not recs:
+        return []
+    out = ["", "rolling held-out check (fit on the budgets below, predict the next one's L*; "
+               "observed: its isoFLOP minimum):"]  # fmt: skip
+    if rows:
+        out += _table(("method", "held-out C", "budgets fitted", "approach", "predicted L*",
+                       "observed", "error", "in interval"), rows)  # fmt: skip
+    return out + recs
 
 
 def _joint(report: FitReport) -> list[str]:
@@ -310,13 +417,48 @@ def _bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def _residuals(a3) -> str:
+    rs = a3.residual_structure
+    if not rs:
+        return "-"
+    return f"rms {rs['rms']:.2%}" + ("; STRUCTURED" if rs["structured"] else "")
+
+
+def _minima(report: FitReport) -> list[str]:
+    """Approach 2's per-budget minima: the window fitted, N*, L* and the status of each budget."""
+    rows = []
+    for m, mf in report.methods.items():
+        if mf.approach2 is None:
+            continue
+        for p in mf.approach2.parabolas:
+            win = "-" if p.window is None else f"{_g(p.window[0])}–{_g(p.window[1])}"
+            rows.append((m, _g(p.budget), f"{p.n_window}/{p.n_points}", win,
+                         _g(p.n_opt) + _ci(p.ci, "n_opt"), _g(p.loss_opt, 4), p.status))  # fmt: skip
+    if not rows:
+        return []
+    w = report.spec.approach2.window
+    how = f"±{w:g} decade(s) around each budget's lowest point" if w > 0 else "the whole grid"
+    return (["", f"approach 2: isoFLOP minima (parabola in log N fitted on {how})"]
+            + _table(("method", "C", "runs fitted", "N fitted", "N*", "L*", "status"), rows))  # fmt: skip
+
+
 def _comparison(c: dict) -> str:
-    lines = [f"method comparison ({c['source']} frontiers):"]
+    ref = c.get("reference")
+    head = f"method comparison ({c['source']} frontiers"
+    head += f", {c['chosen_by']}" if c.get("chosen_by") else ""
+    head += f"; each method against {ref}, {c['reference_how']}):" if ref else "):"
+    lines = [head]
     for m in c["multipliers"]:
         v = m["multiplier"]
+        mark = ""
+        if m.get("extrapolated"):
+            why = [w for w, on in (("C outside a fitted range", m.get("budget_outside")),
+                                   (f"reached outside {m['method']}'s fitted budgets",
+                                    m.get("reached_outside"))) if on]  # fmt: skip
+            mark = " [EXTRAPOLATED" + (f": {'; '.join(why)}" if why else "") + "]"
         if v is None:
             text = "undefined" if m.get("reached") is None else "never reaches it"
-            lines.append(f"  {m['method']} vs {m['versus']} at C={_g(m['C'])}: {text}")
+            lines.append(f"  {m['method']} vs {m['versus']} at C={_g(m['C'])}: {text}{mark}")
             continue
         text = f"{v:.3g}×"
         ci = f" [{m['ci'][0]:.3g}, {m['ci'][1]:.3g}]" if m["ci"] else ""
@@ -324,7 +466,7 @@ def _comparison(c: dict) -> str:
         tail = f" ({un:.0%} of resamples never reach it)" if un else ""
         lines.append(
             f"  {m['method']} needs {text}{ci} the compute of {m['versus']} at C={_g(m['C'])} "
-            f"for equal loss{tail}"
+            f"for equal loss{tail}{mark}"
         )
     for x in c["crossovers"]:
         where = "inside" if x["observed"] else "outside"

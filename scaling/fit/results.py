@@ -66,7 +66,16 @@ class ChinchillaFit:
     loss_exponent: float | None = None
     """γ of the frontier L*(C) − E ∝ C^−γ, the log-log slope over the fitted compute range. With
     F = k·N it is exactly αβ/(α+β); with a fixed backbone cost (F = f0 + f1·N) it is not."""
+    min_loss: float | None = None
+    """Lowest observed loss of the points fitted: E above it contradicts the data."""
+    residual_structure: dict | None = None
+    """:func:`scaling.fit.approach3.residual_structure`: R², p-value, RMS, per-budget means."""
     ci: CI = dataclasses.field(default_factory=dict)
+
+    @property
+    def converged_polish(self) -> bool:
+        """Whether scipy's polish ended on a convergence test (not ABNORMAL, not an iteration cap)."""
+        return self.polish_message.upper().startswith("CONVERGENCE")
 
     @property
     def theta(self) -> np.ndarray:
@@ -84,7 +93,8 @@ class ChinchillaFit:
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("E", "A", "B", "alpha", "beta", "loss_exponent",
                                            "objective", "delta", "n_points", "grad_norm",
-                                           "polish_message")}  # fmt: skip
+                                           "polish_message", "min_loss")}  # fmt: skip
+        d["residual_structure"] = self.residual_structure
         d["starts"] = {"n": self.n_starts, "converged": self.converged,
                        "at_optimum": self.at_optimum, "objective_spread": self.objective_spread}  # fmt: skip
         d["bound_hits"] = list(self.bound_hits)
@@ -150,6 +160,22 @@ class Holdout:
     approach2_n_ratio: float | None = None
     """Approach 2: predicted / observed N* at the held-out budget."""
     reason: str | None = None
+    skipped: tuple[float, ...] = ()
+    """Budgets above the held-out one left out of both sides (no interior isoFLOP minimum)."""
+    approach3_loss_error: float | None = None
+    """Approach 3: its L*(C) at the held-out budget / observed isoFLOP minimum − 1 (the number
+    comparable with ``approach2_loss_error``)."""
+    observed_loss_opt: float | None = None
+    """The held-out budget's observed minimum: its windowed parabola's L*."""
+    run_id: tuple[str, ...] = ()
+    observed: tuple[float, ...] = ()
+    """Held-out runs' losses, and approach 3's predictions of them (``predicted``)."""
+    predicted: tuple[float, ...] = ()
+
+    def loss_error(self, approach: str) -> float | None:
+        """Held-out L*(C) error of ``approach`` (None where it was not scored)."""
+        return {"approach3": self.approach3_loss_error,
+                "approach2": self.approach2_loss_error}.get(approach)  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -195,6 +221,9 @@ class MethodFit:
     what ``sweep --from-fit`` carries up the budgets under ``lr_protocol = "smallest_budget"``."""
     joint: Any = None
     """The joint laws' comparison (:class:`scaling.fit.joint.JointComparison`), or None."""
+    calibration: Any = None
+    """Rolling held-out checks, the coverage of the bootstrap intervals, the calibrated intervals
+    and which approach to trust (:class:`scaling.fit.calibration.Assessment`), or None."""
     samples: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict, repr=False)
     """Bootstrap draws the comparison reads: ``approach3`` → {"theta": (R, 5)}; ``approach2`` /
     ``approach1`` → {"E", "A", "alpha"} of L*(C) (R,) each, plus every exponent's draws."""
@@ -214,6 +243,7 @@ class MethodFit:
             "predictions": [q.to_json() for q in self.predictions],
             "holdout": self.holdout and self.holdout.to_json(),
             "joint": self.joint and self.joint.to_json(),
+            "calibration": self.calibration and self.calibration.to_json(),
             "bootstrap": self.bootstrap, "notes": list(self.notes),
         }  # fmt: skip
 
@@ -227,6 +257,11 @@ class FitReport:
     warnings: list[str]
     advice: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     inputs: list[str] = dataclasses.field(default_factory=list)
+    described: str | None = None
+    """What was read (a table's columns, derived ones marked); None: collected sweep runs."""
+    tasks: Any = None
+    """Task laws (:class:`scaling.fit.taskfit.TaskReport`), or None when the runs logged no task
+    evaluation."""
 
     def to_json(self) -> dict[str, Any]:
         methods = {m: f.to_json() for m, f in self.methods.items()}
@@ -235,10 +270,11 @@ class FitReport:
         return {
             "format_version": FORMAT_VERSION,
             "inputs": self.inputs,
+            "input_columns": self.described,
             "settings": self.spec.to_dict(),
             "methods": methods,
             "comparison": self.comparison,
             "advice": self.advice,
             "exclusions": [dataclasses.asdict(e) for e in self.exclusions],
             "warnings": self.warnings,
-        }
+        } | ({"tasks": self.tasks.to_json()} if self.tasks is not None else {})

@@ -6,7 +6,7 @@
 
 A spec states only its differences from the defaults below; unknown keys are errors that list the valid
 ones (:class:`scaling.config.Config`). Sections: ``[approach1]``, ``[approach2]``, ``[approach3]``,
-``[bootstrap]``, ``[holdout]``, ``[joint]``, ``[compare]``.
+``[bootstrap]``, ``[holdout]``, ``[joint]``, ``[compare]``, ``[tasks]``.
 """
 
 from __future__ import annotations
@@ -58,13 +58,18 @@ class Approach2Spec(Config):
     """Per-budget robust parabola of loss vs log N, then N*(C), D*(C), L*(C)."""
 
     enabled: bool = True
-    min_side: int = 2
-    """Points required on each side of a budget's fitted minimum (else the budget is flagged and left
-    out of the power laws: an edge minimum is an extrapolation, not a measurement)."""
+    window: float = 1.0
+    """Half-width, in decades of N, of the window around a budget's lowest observed point that its
+    parabola is fitted on (0: the whole grid). The lowest point's nearest neighbours are always in."""
+    min_side: int = 1
+    """Distinct N required on each side of a budget's lowest observed point (else the budget is
+    flagged and left out of the power laws: an edge minimum is an extrapolation, not a measurement)."""
     huber: float = 0.01
     """Huber threshold of the parabola fit, relative to the budget's median loss."""
 
     def __post_init__(self) -> None:
+        _number("approach2.window", self.window, positive=False)
+        check(self.window >= 0, "approach2.window must be ≥ 0 (decades; 0: the whole grid)")
         check_positive_int("approach2.min_side", self.min_side)
         _number("approach2.huber", self.huber)
 
@@ -122,9 +127,15 @@ class HoldoutSpec(Config):
 
     budgets: int = 1
     """Largest budgets held out (0: no held-out check)."""
+    rolling: bool = True
+    """Also the rolling checks (:mod:`scaling.fit.calibration`): for every budget with an interior
+    isoFLOP minimum and two budgets below it, refit on the smaller budgets and predict its L*; their
+    errors give each interval's empirical coverage and widen the L* intervals of the predictions
+    for a law that does not hold. Costs one refit (bootstrap included) per such budget."""
 
     def __post_init__(self) -> None:
         check(isinstance(self.budgets, int) and self.budgets >= 0, "holdout.budgets ≥ 0")
+        check(isinstance(self.rolling, bool), "holdout.rolling must be true or false")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -142,14 +153,48 @@ class JointSpec(Config):
 class CompareSpec(Config):
     """Method comparison: frontiers, compute multipliers, crossovers."""
 
-    source: str = "approach3"
-    """Frontier L*(C) the comparison reads: ``approach3`` (min over N of L(N, C/F(N))), ``approach2``
+    source: str = "auto"
+    """Frontier L*(C) the comparison reads: ``auto`` (the approach with the lowest held-out L*(C)
+    error, said in the summary), ``approach3`` (min over N of L(N, C/F(N))), ``approach2``
     (E + A·C^−α through the isoFLOP minima) or ``approach1`` (the same through the envelope)."""
     baseline: str | None = None
-    """Method every other one is compared with (default: every ordered pair)."""
+    """Method every other one is compared with (default: the one with the lowest frontier loss at
+    the largest budget all methods reached)."""
 
     def __post_init__(self) -> None:
-        check_choice("compare.source", self.source, SOURCES)
+        check_choice("compare.source", self.source, ("auto", *SOURCES))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TasksSpec(Config):
+    """Task scaling laws (:mod:`scaling.fit.tasklaw`): compute → task loss → accuracy, fitted when
+    the runs logged task evaluations (``task/<name>`` rows of metrics.parquet)."""
+
+    enabled: bool = True
+    """Fit task laws when the runs have task evaluations (false: never)."""
+    names: list[str] = dataclasses.field(default_factory=list)
+    """Task evaluations to fit (default: every one the runs logged)."""
+    intermediate: bool = True
+    """Fit step 2 (task loss → accuracy) on every logged evaluation, not only each run's final one."""
+    delta: float = HUBER_DELTA
+    """Huber δ on step 1's log task-loss residuals."""
+    resamples: int = 200
+    """Bootstrap resamples of the task laws, at most ``bootstrap.resamples``: each refits two
+    nonlinear least-squares problems one by one (0.1–0.2 s a resample for 30–40 runs on one CPU core,
+    measured), where the loss laws' resamples run as one vectorised batch."""
+    min_points: int = 6
+    """Fewest runs with a final evaluation for step 1's five parameters."""
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.enabled, bool), "tasks.enabled must be true or false")
+        check(isinstance(self.intermediate, bool), "tasks.intermediate must be true or false")
+        check(isinstance(self.names, list) and all(isinstance(s, str) for s in self.names),
+              "tasks.names must be a list of task names")  # fmt: skip
+        _number("tasks.delta", self.delta)
+        check(isinstance(self.resamples, int) and not isinstance(self.resamples, bool)
+              and self.resamples >= 0, "tasks.resamples must be an integer ≥ 0")  # fmt: skip
+        check_positive_int("tasks.min_points", self.min_points)
+        check(self.min_points >= 6, "tasks.min_points must be ≥ 6 (five parameters)")
 
 
 SECTIONS: dict[str, type[Config]] = {
@@ -160,6 +205,7 @@ SECTIONS: dict[str, type[Config]] = {
     "holdout": HoldoutSpec,
     "joint": JointSpec,
     "compare": CompareSpec,
+    "tasks": TasksSpec,
 }
 
 
@@ -198,6 +244,7 @@ class FitSpec(Config):
     holdout: HoldoutSpec = dataclasses.field(default_factory=HoldoutSpec)
     joint: JointSpec = dataclasses.field(default_factory=JointSpec)
     compare: CompareSpec = dataclasses.field(default_factory=CompareSpec)
+    tasks: TasksSpec = dataclasses.field(default_factory=TasksSpec)
 
     def __post_init__(self) -> None:
         check_choice("n", self.n, N_CONVENTIONS)

@@ -3,8 +3,10 @@ held-out check, method comparison, exclusions and bad input, memory-aware advice
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -13,9 +15,13 @@ import pytest
 from scaling import fit
 from scaling.errors import ScalingError
 from scaling.fit import collect, synth
+from scaling.fit.approach3 import fit_approach3
+from scaling.fit.bootstrap import approach3_notes
+from scaling.fit.compare import choose_source
 from scaling.fit.isoflop import fit_isoflop
 from scaling.fit.points import Columns, Points
-from scaling.fit.report import clean_json
+from scaling.fit.report import clean_json, summary
+from scaling.fit.results import Holdout
 from scaling.fit.spec import Approach2Spec, FitSpec, load_spec
 from scaling.sweep import load_fit
 
@@ -149,7 +155,12 @@ def test_method_comparison(noisy):
     laws, report = noisy
     cmp = report.comparison
     pairs = {(x["method"], x["versus"]) for x in cmp["multipliers"]}
-    assert pairs == {("ladder", "lora"), ("lora", "ladder")}
+    ref = cmp["reference"]  # the best at the largest budget both reached: each other one vs it
+    other = ({"ladder", "lora"} - {ref}).pop()
+    assert pairs == {(other, ref)}
+    at = {m: report.methods[m].approach3.optimal(max(cmp["reference_C"]))[2][0] for m in laws}
+    assert at[ref] < at[other]
+    assert cmp["source"] in ("approach3", "approach2") and "held-out" in cmp["chosen_by"]
     for x in cmp["multipliers"]:
         assert x["multiplier"] > 0 and x["ci"][0] <= x["multiplier"] <= x["ci"][1]
     keys = {(e["approach"], e["exponent"]) for e in cmp["exponents"]}
@@ -173,6 +184,18 @@ def test_compute_multiplier_of_a_method_twice_as_cheap_per_token():
     (x,) = [x for x in report.comparison["multipliers"] if x["method"] == "costly"]
     assert x["multiplier"] == pytest.approx(2.0, rel=1e-3)
     assert report.comparison["crossovers"] == []
+    # One line per method against the reference (the best: the cheap one), inside the fitted range.
+    assert report.comparison["reference"] == "cheap" and len(report.comparison["multipliers"]) == 1
+    assert x["versus"] == "cheap" and x["extrapolated"] is False
+    text = summary(report)
+    assert "each method against cheap, the lowest frontier loss at C=1e+21" in text
+    # Beyond the fitted budgets the same comparison is marked as an extrapolation.
+    spec = small_spec(bootstrap={"resamples": 0}, holdout={"budgets": 0}, predict=[1e23])
+    far = fit.fit(table(rows), spec, csv_cols(method="m")).comparison["multipliers"][0]
+    assert far["extrapolated"] and far["budget_outside"]
+    assert "[EXTRAPOLATED: C outside a fitted range" in summary(
+        fit.fit(table(rows), spec, csv_cols(method="m"))
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,7 +217,7 @@ def test_parabola_vertex_of_an_exact_parabola():
     (p,) = a2.parabolas
     assert p.status == "ok" and p.n_opt == pytest.approx(1.3e7, rel=1e-9)
     assert p.loss_opt == pytest.approx(2.0, rel=1e-12)
-    assert (p.below, p.above) == (4, 3)
+    assert (p.below, p.above) == (3, 3)  # distinct N either side of the lowest point (1e7)
 
 
 def test_edge_minimum_is_flagged_and_left_out():
@@ -205,21 +228,26 @@ def test_edge_minimum_is_flagged_and_left_out():
     (p,) = a2.parabolas
     assert p.status == "edge" and "one side of the optimum" in p.reason
     assert a2.n_opt is None and "interior minimum" in a2.reason
-    # One interior point each side is not enough either with min_side = 2.
-    N = np.geomspace(1e6, 1e8, 4)
+    # One point below the lowest one: interior by default (min_side = 1), not with min_side = 2.
+    N = np.geomspace(1e6, 1e8, 5)
     u = np.log(N) - math.log(4e6)
-    (p,) = fit_isoflop(points(N, 2.0 + 0.05 * u**2), Approach2Spec()).parabolas
+    (p,) = fit_isoflop(points(N, 2.0 + 0.05 * u**2), Approach2Spec(min_side=2)).parabolas
     assert p.status == "edge" and (p.below, p.above) == (1, 3)
-    (p,) = fit_isoflop(points(N, 2.0 + 0.05 * u**2), Approach2Spec(min_side=1)).parabolas
-    assert p.status == "ok"
+    (p,) = fit_isoflop(points(N, 2.0 + 0.05 * u**2), Approach2Spec()).parabolas
+    assert p.status == "ok" and p.n_opt == pytest.approx(4e6, rel=1e-9)
 
 
 def test_too_few_points_and_concave_budgets():
+    (p,) = fit_isoflop(points([1e6, 1e8], [2.1, 2.0]), Approach2Spec()).parabolas
+    assert p.status == "too_few" and "2 distinct N" in p.reason
     (p,) = fit_isoflop(points([1e6, 1e7, 1e8], [2.1, 2.0, 2.1]), Approach2Spec()).parabolas
-    assert p.status == "too_few" and "3 distinct N" in p.reason
-    N = np.geomspace(1e6, 1e8, 6)
-    u = np.log(N) - math.log(1e7)
-    (p,) = fit_isoflop(points(N, 2.0 - 0.05 * u**2), Approach2Spec()).parabolas
+    assert p.status == "ok" and p.n_opt == pytest.approx(1e7)  # three points: an interior minimum
+    (p,) = fit_isoflop(
+        points([1e6, 1e7, 1e8], [2.1, 2.0, 2.1]), Approach2Spec(min_side=2)
+    ).parabolas
+    assert p.status == "too_few" and "3 distinct N (< 5)" in p.reason
+    N = np.geomspace(1e6, 1e8, 5)  # lowest point in the middle, but the ends lower than the rest
+    (p,) = fit_isoflop(points(N, [1.0, 2.0, 0.99, 2.0, 1.0]), Approach2Spec(huber=100.0)).parabolas
     assert p.status == "concave"
 
 
@@ -272,7 +300,11 @@ def test_outliers_are_excluded_with_their_residual():
     [
         ([], csv_cols(), "is empty"),
         ([{"N": 1.0, "D": 1.0, "L": 1.0}], csv_cols(), "column 'C' not in"),
-        ([{"N": 1.0, "L": 1.0}], csv_cols(tokens=None, flops=None), "need tokens or FLOPs"),
+        (
+            [{"N": 1.0, "L": 1.0}],
+            csv_cols(tokens=None, flops=None),
+            "need two of parameters, tokens and FLOPs",
+        ),
         ([{"N": -1.0, "D": 1.0, "C": 1.0, "L": 1.0}], csv_cols(), "nothing to fit: all 1 rows"),
         ([{"N": 1.0, "D": 1.0, "C": 1.0, "L": float("nan")}], csv_cols(), "L is missing"),
     ],
@@ -412,3 +444,143 @@ def test_best_learning_rate_per_point_and_edge_flags():
     assert any("best learning rate at the edge of the grid" in w for w in report.warnings)
     assert mf.best_lr_multiplier == 1.0
     assert report.to_json()["methods"]["m"]["best_lr_multiplier"] == 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Real published sweeps: wide grids, misspecified approach 3, the held-out budget
+
+
+def wide_grid_points(window_noise=0.003, seed=0) -> tuple[Points, float]:
+    """8 budgets, one fixed ladder of 15 sizes spanning 3.5 decades (the optimum crosses the grid as
+    C grows, as when a lab runs the same models at every budget), L = E + A/N^α + B/D^β with
+    α < β so that the isoFLOP curves are lopsided, C = 6·N·D."""
+    E, A, B, al, be = 1.5, 1000.0, 400.0, 0.3, 0.45
+    rng = np.random.default_rng(seed)
+    G = (al * A / (be * B)) ** (1 / (al + be))
+    budgets = np.logspace(18, 22, 8)
+    ns = G * (budgets[0] / 6) ** (be / (al + be)) / 10**0.5 * 10 ** np.linspace(0, 3.5, 15)
+    N, C = np.meshgrid(ns, budgets)
+    N, C = N.ravel(), C.ravel()
+    D = C / (6 * N)
+    L = (E + A * N**-al + B * D**-be) * np.exp(window_noise * rng.standard_normal(len(N)))
+    group = np.repeat(np.arange(len(budgets)), len(ns))
+    pts = Points("m", np.array([f"r{i}" for i in range(len(N))], dtype=object), N, D, C, L, group,
+                 budgets)  # fmt: skip
+    return pts, be / (al + be)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_wide_grids_recover_the_exponent_with_the_window(seed):
+    pts, true = wide_grid_points(seed=seed)
+    a2 = fit_isoflop(pts, Approach2Spec())
+    assert all(p.status == "ok" for p in a2.parabolas)
+    assert a2.n_opt.a == pytest.approx(true, abs=0.02)
+    for p in a2.parabolas:  # the window used is reported: ±1 decade around the lowest point
+        assert p.window[0] >= p.lowest / 10**1.01 and p.window[1] <= p.lowest * 10**1.01
+        assert p.n_window < p.n_points
+    # One parabola over the whole 3.5-decade grid is pulled off by the far ends.
+    whole = fit_isoflop(pts, Approach2Spec(window=0))
+    assert abs(whole.n_opt.a - true) > 0.05
+
+
+def test_a_lowest_point_with_one_model_below_it_is_kept():
+    """The lowest observed point is interior (one model below it): the budget counts, although a
+    parabola over the whole grid would put its vertex below the smallest model."""
+    N = np.geomspace(1e6, 1e10, 17)
+    x = np.log(N / 7e5)
+    L = 2.0 + 0.3 * (np.exp(-0.5 * x) + 0.5 * np.exp(0.4 * x))  # lopsided: steep below, slow above
+    true = 7e5 * math.exp(math.log(2.5) / 0.9)  # the curve's argmin
+    (p,) = fit_isoflop(points(N, L), Approach2Spec()).parabolas
+    assert p.status == "ok" and p.below == 1 and p.lowest == pytest.approx(N[1])
+    assert abs(math.log10(p.n_opt / true)) < 0.1
+    (whole,) = fit_isoflop(points(N, L), Approach2Spec(window=0)).parabolas
+    assert abs(math.log10(whole.n_opt / true)) > 3 * abs(math.log10(p.n_opt / true))
+
+
+def misspecified_rows():
+    """Mostly under-trained checkpoints: each run logs 3 checkpoints on one law (E = 3) and ends
+    20% lower once its schedule has annealed; approach 3's robust fit follows the majority."""
+    rows = []
+    for c in (1e19, 1e20, 1e21, 1e22):
+        n_opt = 0.6 * (c / 6) ** 0.5
+        for i in range(7):
+            n = n_opt * 10 ** (-1 + i / 3)
+            for f in (0.25, 0.5, 0.75, 1.0):
+                d = c / (6 * n) * f
+                loss = (3.0 + 406.4 * n**-0.34 + 410.7 * d**-0.28) * (0.8 if f == 1 else 1.0)
+                rows.append({"N": n, "D": d, "C": 6 * n * d, "L": loss})
+    return rows
+
+
+def test_misspecified_approach3_is_flagged():
+    report = fit.fit(table(misspecified_rows()), small_spec(bootstrap={"resamples": 0}), csv_cols())
+    mf = report.methods["all"]
+    a3 = mf.approach3
+    assert a3.E > a3.min_loss
+    (reason,) = [r for r in mf.identification["approach3"] if "lowest observed loss" in r]
+    assert f"E = {a3.E:.4g} lies above the lowest observed loss {a3.min_loss:.4g}" in reason
+    assert mf.optimal_params is None or mf.optimal_params.source != "approach3"
+    text = summary(report)
+    assert "NOT IDENTIFIED" in text and "lies above the lowest observed loss" in text
+    assert "optimiser" in text and "residuals" in text
+    assert mf.holdout.bias > 0.02 and any("bias" in n for n in mf.notes)
+
+
+def test_structured_residuals_and_abnormal_termination_are_reported():
+    """A multiplicative law fitted by the additive form leaves a smooth residual pattern."""
+    pts, _ = wide_grid_points(window_noise=0.0)
+    L = 1.5 + 3e3 * pts.N**-0.3 * pts.D**-0.2
+    pts = Points("m", pts.run_id, pts.N, pts.D, pts.C, L, pts.group, pts.budgets)
+    a3 = fit_approach3(pts, small_spec())
+    rs = a3.residual_structure
+    assert rs["structured"] and rs["r2"] > 0.3 and rs["p_value"] < 0.01
+    assert any("residuals have structure" in n for n in approach3_notes(a3))
+    # the law's own data: nothing to report
+    good = fit_approach3(wide_grid_points()[0], small_spec())
+    assert not good.residual_structure["structured"]
+    ok = dataclasses.replace(
+        good, polish_message="CONVERGENCE: NORM OF PROJECTED GRADIENT <= PGTOL"
+    )
+    assert approach3_notes(ok) == []
+    stalled = dataclasses.replace(good, polish_message="ABNORMAL: ", grad_norm=1e-6)
+    (note,) = approach3_notes(stalled)
+    assert "ended with 'ABNORMAL:'" in note and "stalled at float precision" in note
+    far = dataclasses.replace(good, polish_message="ABNORMAL: ", grad_norm=0.5)
+    (note,) = approach3_notes(far)
+    assert "the optimum may not be reached" in note
+    report = fit.fit(table(chinchilla_rows()), small_spec(bootstrap={"resamples": 0}), csv_cols())
+    a3 = report.methods["all"].approach3
+    shown = "converged" if a3.converged_polish else f"{a3.polish_message.split(':')[0]}, |g|"
+    assert shown in summary(report)  # the termination is in the summary's approach-3 table
+
+
+def test_holdout_holds_out_the_largest_budget_with_a_minimum():
+    rows = chinchilla_rows(budgets=(1e18, 1e19, 1e20, 1e21))
+    # The largest budget's grid lies below its optimum: no interior minimum there.
+    for n in 0.6 * (1e22 / 6) ** 0.5 * np.geomspace(0.003, 0.1, 7):
+        d = 1e22 / (6 * n)
+        rows.append({"N": n, "D": d, "C": 1e22, "L": 1.69 + 406.4 * n**-0.34 + 410.7 * d**-0.28})
+    spec = small_spec(bootstrap={"resamples": 0})
+    mf = fit.fit(table(rows), spec, csv_cols()).methods["all"]
+    assert [p.status for p in mf.approach2.parabolas][-1] == "edge"
+    h = mf.holdout
+    assert h.held_out == (pytest.approx(1e21),) and h.skipped == (pytest.approx(1e22),)
+    assert "held out 1e+21: the largest budget(s) with an interior isoFLOP minimum" in h.reason
+    assert h.approach2_loss_error is not None and abs(h.approach2_loss_error) < 0.1  # E = 0 law
+    assert h.approach3_loss_error == pytest.approx(0.0, abs=1e-3)
+    assert len(h.observed) == len(h.predicted) == h.n_test == 7
+    assert h.n_train == sum(r["C"] < 1e21 for r in rows)
+
+
+def test_comparison_source_is_the_best_held_out_approach():
+    def mf(e3, e2):
+        h = Holdout((1.0,), 1, 1, None, None, approach2_loss_error=e2, approach3_loss_error=e3)
+        return SimpleNamespace(approach3=object(), approach2=SimpleNamespace(loss=object()),
+                               holdout=h)  # fmt: skip
+
+    src, why = choose_source({"a": mf(0.05, 0.01), "b": mf(-0.03, 0.02)})
+    assert src == "approach2" and "approach2 1.50%, approach3 4.00%" in why
+    src, _ = choose_source({"a": mf(0.001, 0.01), "b": mf(-0.003, -0.02)})
+    assert src == "approach3"
+    src, why = choose_source({"a": mf(None, None)})
+    assert src == "approach3" and "no held-out" in why

@@ -136,10 +136,9 @@ def test_fit_spec_toml_as_first_input(sweep_dir, tmp_path, capsys):
     ("argv", "message"),
     [
         (["{dir}/nope"], "run directory not found"),
-        (["{csv}"], "a table needs --params-col and --loss-col"),
+        (["{csv}", "--tokens-col", "nope"], "--tokens-col 'nope': no such column in"),
         (["{csv}", "--params-col", "params", "--loss-col", "nope", "--flops-col", "flops"],
-         "column 'nope' not in"),
-        (["{csv}", "--params-col", "params", "--loss-col", "loss"], "need tokens or FLOPs"),
+         "--loss-col 'nope': no such column in"),
         (["{dir}/x.csv", "--params-col", "p", "--loss-col", "l"], "table not found"),
         (["{csv}", "{csv}", "--params-col", "p", "--loss-col", "l"], "give one table"),
         (["{sweep}", "--gpu-mem", "12GB"], "--gpu-mem needs --predict"),
@@ -182,3 +181,102 @@ def test_single_budget_table_is_an_error_when_nothing_fits(tmp_path, capsys):
     assert cli.main(["fit", *argv]) == 2
     err = capsys.readouterr().err
     assert "3 points (< approach3.min_points = 8)" in err and "interior minimum" in err
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables as researchers publish them
+
+
+def _chinchilla_table(path, columns, k=6.0):
+    """A 4-budget isoFLOP table from Chinchilla's law with C = k·N·D, in the named columns."""
+    rows = []
+    for c in (1e18, 1e19, 1e20, 1e21):
+        n_opt = 0.6 * (c / 6) ** 0.5
+        for i in range(7):
+            n = n_opt * 10 ** (-1 + i / 3)
+            d = c / (k * n)
+            loss = 1.69 + 406.4 * n**-0.34 + 410.7 * d**-0.28
+            rows.append({"N": n, "D": d, "C": c, "L": loss})
+    pl.DataFrame([{new: r[old] for old, new in columns.items()} for r in rows]).write_csv(path)
+    return path
+
+
+def test_table_columns_are_recognised_by_their_common_names(tmp_path, capsys):
+    path = _chinchilla_table(tmp_path / "t.csv", {"N": "params", "D": "tokens", "L": "loss"})
+    out = tmp_path / "fit"
+    assert cli.main(["fit", str(path), "--out", str(out), "--no-plots", "--json", *FAST]) == 0
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "columns recognised by name: loss = 'loss', params = 'params', tokens = 'tokens'" in err
+    assert "no FLOPs column: C = 6·N·D assumed" in err and "--flops-col" in err  # the warning
+    summary = (out / "summary.txt").read_text()
+    header = summary.splitlines()[0]
+    assert f"table {path}: N = 'params', D = 'tokens', C = 6·N·D (derived), loss = 'loss'" in header
+    assert "trainable" not in header and "final_eval" not in header
+    data = json.loads((out / "fits.json").read_text())
+    assert data["input_columns"].startswith(f"table {path}: N = 'params'")
+    assert data["methods"]["all"]["approach3"]["alpha"] == pytest.approx(0.34, rel=1e-3)
+
+
+def test_table_with_only_compute_and_tokens_derives_n(tmp_path, capsys):
+    path = _chinchilla_table(tmp_path / "t.csv", {"C": "compute", "D": "tokens", "L": "loss"})
+    out = tmp_path / "fit"
+    assert cli.main(["fit", str(path), "--out", str(out), "--no-plots", *FAST]) == 0
+    capsys.readouterr()
+    summary = (out / "summary.txt").read_text()
+    assert "N = C/(6·D) (derived), D = 'tokens', C = 'compute'" in summary.splitlines()[0]
+    assert "no parameters column: N = C / (6·D)" in summary
+    m = json.loads((out / "fits.json").read_text())["methods"]["all"]
+    assert m["approach3"]["alpha"] == pytest.approx(0.34, rel=1e-3)
+    assert m["approach3"]["n_opt"]["a"] == pytest.approx(0.28 / 0.62, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"N": "params", "C": "n_params", "L": "loss"}, "columns 'params', 'n_params' could each "
+                                                        "be params; name one with --params-col"),
+        ({"N": "params", "L": "loss"}, "two of parameters N, tokens D and FLOPs C are needed "
+                                       "(found params = 'params')"),
+        ({"N": "params", "C": "flops", "L": "ppl"}, "no loss column"),
+    ],
+)  # fmt: skip
+def test_table_column_inference_errors(columns, message, tmp_path, capsys):
+    path = _chinchilla_table(tmp_path / "t.csv", columns)
+    assert cli.main(["fit", str(path), "--out", str(tmp_path / "o"), "--no-plots", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_progress_is_a_line_per_stage_off_a_terminal(table_csv, tmp_path, capsys):
+    argv = [str(table_csv), "--out", str(tmp_path / "o"), "--no-plots", *FAST]
+    assert cli.main(["fit", *argv]) == 0
+    stages = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("fit [")]
+    text = "\n".join(stages)
+    for stage in (
+        "all: approach 3 (28 points, 243 starts)",
+        "all: approach 2",
+        "all: bootstrap (30 resamples)",
+        "all: held-out check",
+        "all: joint laws",
+    ):
+        assert f"] {stage}" in text, text
+    assert all(ln[5:12].strip().endswith("s]") or " s]" in ln for ln in stages)
+
+
+def test_progress_on_a_terminal_redraws_one_line():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    progress = fit_cli.Progress(stream)
+    for stage in ("m: approach 3 (8 points, 243 starts)", "m: bootstrap (30 resamples)", None):
+        progress(stage)
+    text = stream.getvalue()
+    assert "fit: m: approach 3 (8 points, 243 starts) [1 stages" in text
+    assert "fit: m: bootstrap (30 resamples) [2 stages" in text
+    assert "\n" not in text and text.endswith("\r")  # one line, cleared at the end

@@ -295,3 +295,47 @@ def test_fit_modules_import_without_torch():
     code = "import sys\n" + "".join(f"import {m}\n" for m in modules)
     code += "assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# --------------------------------------------------------------------------------------------------
+# Repeated configurations: the Huber sum over cells of identical x
+
+
+@pytest.mark.parametrize("zone", ["linear", "quadratic"])
+def test_cell_objective_is_the_point_objective(zone):
+    """Seeds of one configuration share x: the grouped sum (prefix sums over each cell's sorted
+    losses) equals the point-by-point sum, value and gradient, with and without resample weights."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(7, 2))[rng.integers(0, 7, 80)]
+    truth = np.array([np.log(0.3), np.log(0.2), 0.4, 0.3, np.log(0.5)])
+    y = fl.predict_log(truth, X) + rng.normal(scale=8e-4, size=80)
+    spread = 1e-3 if zone == "quadratic" else 0.5  # residuals inside / outside Huber's δ
+    theta = truth + rng.normal(scale=spread, size=(12, 5))
+    W = rng.integers(0, 3, (3, 80)).astype(float)
+    for w, rows in ((None, None), (W[1], None), (W, np.array([0, 1, 2] * 4))):
+        cells = fl.Cells(X, y, w, fl.HUBER_DELTA)
+        f1, g1 = fl.cell_objective(theta, cells, rows)
+        per = [W[r] for r in rows] if rows is not None else [w] * len(theta)
+        for i, wi in enumerate(per):
+            f0, g0 = fl.objective(theta[i : i + 1], X, y, wi)
+            assert f1[i] == pytest.approx(f0[0], rel=1e-12)
+            np.testing.assert_allclose(g1[i], g0[0], rtol=1e-9, atol=1e-9 * np.abs(g0).max())
+
+
+def test_fits_on_repeated_configurations_use_cells_and_agree():
+    N, D = design(per_budget=6)
+    N, D = np.tile(N, 8), np.tile(D, 8)  # eight seeds of every configuration
+    rng = np.random.default_rng(0)
+    L = law(N, D, 1.69, 406.4, 410.7, 0.34, 0.28) * np.exp(rng.normal(scale=3e-3, size=len(N)))
+    X, y = np.log(np.c_[N, D]), np.log(L)
+    assert fl.Cells.worth(X) and not fl.Cells.worth(X[: len(X) // 8])
+    starts = fl.chinchilla_grid(alpha=[0.25, 0.75], e=[0.0, 1.0], a=[5.0, 10.0])
+    grouped = fl.fit_lse(X, y, starts)
+    worth = fl.Cells.worth
+    try:
+        fl.Cells.worth = staticmethod(lambda X: False)
+        plain = fl.fit_lse(X, y, starts)
+    finally:
+        fl.Cells.worth = worth
+    np.testing.assert_allclose(grouped.theta, plain.theta, rtol=1e-6, atol=1e-6)
+    assert grouped.objective == pytest.approx(plain.objective, rel=1e-9)
