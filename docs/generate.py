@@ -3,9 +3,10 @@
     python docs/generate.py            # rewrite the blocks between <!-- generated:NAME --> markers
     python docs/generate.py --check    # exit 1 if the README is out of date (tests/test_docs.py)
 
-Each block is produced by a function below: from :mod:`scaling.flops` alone (torch-free, instant), or
+Each block is produced by a function below: from :mod:`scaling.flops` alone (torch-free, instant),
 from the committed quickstart record (docs/quickstart/fits.json, written by docs/quickstart.py, and
-timing.json, written by bench/demo_time.py).
+timing.json, written by bench/demo_time.py), or from a command's own output (``scaling flops
+--breakdown``, which builds and traces a tiny twin: seconds).
 """
 
 from __future__ import annotations
@@ -138,7 +139,26 @@ def minima() -> str:
     return "; ".join(parts) + "."
 
 
-BLOCKS = {"memory-7b": memory_7b, "quickstart": quickstart}
+BREAKDOWN_ARGS = ("flops", "--model", "qwen2.5-7b", "--method", "ladder", "--reduction", "8",
+                  "--seq-len", "2048", "--breakdown")  # fmt: skip
+
+
+def flops_breakdown() -> str:
+    """The output of ``scaling flops ... --breakdown`` (torch, fvcore: a tiny twin is built and traced)."""
+    import contextlib
+    import io
+
+    from scaling.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(BREAKDOWN_ARGS))
+    if code:
+        raise SystemExit(f"scaling {' '.join(BREAKDOWN_ARGS)} failed ({code})")
+    return f"```text\n$ scaling {' '.join(BREAKDOWN_ARGS)}\n{out.getvalue().rstrip()}\n```"
+
+
+BLOCKS = {"memory-7b": memory_7b, "quickstart": quickstart, "flops-breakdown": flops_breakdown}
 
 
 def render(text: str) -> str:

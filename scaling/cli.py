@@ -21,8 +21,10 @@ input; Ctrl-C is exit 130).
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import typing
+from pathlib import Path
 
 from scaling.errors import ScalingError, one_line
 
@@ -57,6 +59,7 @@ def build_parser() -> Parser:
         epilog="examples:\n  " + "\n  ".join(example for _, example, _, _ in table.values()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, (help_, example, add_arguments, run) in table.items():
         p = sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {example}",
@@ -64,6 +67,54 @@ def build_parser() -> Parser:
         p.set_defaults(handler=run)
         add_arguments(p)
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``, worked out only when asked for (it runs git)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and the git commit, then exit")  # fmt: skip
+
+    def __call__(self, parser, namespace, values, option_string=None) -> typing.NoReturn:
+        print(version())  # on stdout, like argparse's own version action
+        parser.exit(0)
+
+
+def version() -> str:
+    """``scaling <version> (git <sha>)``: the installed distribution's version and the commit of the
+    checkout the package is imported from: ``-dirty`` when tracked files differ from it, ``unknown``
+    when it is not imported from a git checkout (a wheel, an sdist) or git is not installed."""
+    from importlib import metadata
+
+    try:
+        number = metadata.version("scaling")
+    except metadata.PackageNotFoundError:  # imported from a source tree never installed
+        number = "unknown"
+    return f"scaling {number} (git {git_commit() or 'unknown'})"
+
+
+def git_commit() -> str | None:
+    """The commit of the git checkout this package's own files are tracked in, or None. The files
+    must be tracked: a package installed into a virtual environment that happens to sit inside some
+    git repository is not that repository's code."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                                 timeout=10, check=True)  # fmt: skip
+        except (OSError, subprocess.SubprocessError):  # no git, not a checkout, not tracked
+            return None
+        return out.stdout.strip()
+
+    if git("ls-files", "--error-unmatch", Path(__file__).name) is None:
+        return None
+    sha = git("rev-parse", "HEAD")
+    if not sha:
+        return None
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    return sha + ("-dirty" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import json
 import math
 import typing
 from pathlib import Path
@@ -74,6 +75,13 @@ class Config:
     def replace(self, **changes: Any) -> Self:
         return self.from_dict({**self.to_dict(), **changes})
 
+    def with_overrides(self, overrides: dict[str, Any], *, flag: str = "--set") -> Self:
+        """A copy with nested ``overrides`` (from :func:`parse_overrides`) merged in, table by table:
+        unknown keys are refused naming ``flag`` and listing the valid ones, values are validated
+        like the TOML's."""
+        check_override_keys(type(self), overrides, flag=flag)
+        return self.from_dict(merge_tables(self.to_dict(), overrides), where=f"{flag} overrides")
+
 
 @functools.cache
 def _sections(cls: type[Config]) -> dict[str, type[Config]]:
@@ -84,6 +92,73 @@ def _sections(cls: type[Config]) -> dict[str, type[Config]]:
         for f in dataclasses.fields(cls)
         if isinstance(hints[f.name], type) and issubclass(hints[f.name], Config)
     }
+
+
+def merge_tables(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; anything else in ``over`` replaces what ``base`` holds."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_tables(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: list[str] | None, *, flag: str = "--set") -> dict[str, Any]:
+    """Command-line overrides as nested tables: ``["optimizer.lr=1e-4", "seeds=[0, 1]"]`` →
+    ``{"optimizer": {"lr": 0.0001}, "seeds": [0, 1]}``.
+
+    Each item is ``KEY=VALUE`` where KEY is a TOML dotted key and VALUE a TOML value, so an override
+    is typed exactly as the same line in a spec file would be (``1e-4`` a float, ``[0, 1]`` a list,
+    ``true`` a bool). A bare word that is not a TOML value (``dataset.name=wikitext``) is taken as a
+    string, as Hydra's and OLMo-core's overrides do; a value that opens a string, list or table must
+    be valid TOML. Later items win; tables merge. Which keys exist is the config classes' business
+    (:func:`check_override_keys`).
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ScalingError(f"{flag} {item!r}: expected KEY=VALUE, e.g. optimizer.lr=1e-4")
+        try:
+            table = tomllib.loads(f"{key} = {value}")
+        except tomllib.TOMLDecodeError as e:
+            bare = value.strip()
+            if not bare or bare[0] in "[{\"'":  # meant as TOML: say why it is not
+                raise ScalingError(f"{flag} {item}: not a TOML value ({one_line(e)})") from None
+            try:
+                table = tomllib.loads(f"{key} = {json.dumps(bare)}")  # a JSON string is TOML's too
+            except tomllib.TOMLDecodeError:
+                raise ScalingError(
+                    f"{flag} {item}: {key.strip()!r} is not a key path (KEY.SUBKEY=VALUE)"
+                ) from None
+        out = merge_tables(out, table)
+    return out
+
+
+def check_override_keys(cls: type[Config], overrides: dict[str, Any], *, flag: str = "--set",
+                        prefix: str = "") -> None:  # fmt: skip
+    """Refuse an override of a key ``cls`` (or one of its tables) does not have, listing the valid
+    ones; tables of free keys (``method``, ``lr_by_method``) are left to the config's own checks."""
+    valid = cls.field_names()
+    for key, value in overrides.items():
+        path = prefix + key
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            where = f"[{prefix[:-1]}]" if prefix else "the spec"
+            raise ScalingError(
+                f"{flag} {path}: unknown key '{key}' for {where}{hint}; valid keys: {', '.join(valid)}"
+            )
+        section = _sections(cls).get(key)
+        if section is None:
+            continue
+        if not isinstance(value, dict):
+            first = section.field_names()[0]
+            raise ScalingError(f"{flag} {path}: [{path}] is a table; set its keys, e.g. "
+                               f"{flag} {path}.{first}=...")  # fmt: skip
+        check_override_keys(section, value, flag=flag, prefix=f"{path}.")
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:

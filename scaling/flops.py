@@ -59,6 +59,14 @@ Worked numbers (Qwen2.5-7B, s = 2048, executed attention, GFLOP/token): full 44.
 QLoRA + checkpointing 45.9, Ladder r=4/8/16 19.7/17.2/16.5. (Counting a re-run of the lm_head under
 checkpointing would give 46.7 for QLoRA; it is outside the checkpointed blocks and is not re-run.)
 
+By component (:meth:`Cost.by_component`, ``scaling flops --breakdown``) the terms are summed by the
+modules that run them: the backbone's block projections and its attention products (QKᵀ, AV), the
+LoRA factors, the side net's W_in and ladders (they read the backbone), its block projections, its
+attention and W_up, and the head. Embedding look-ups are gathers and belong to none. fvcore's
+``FlopCountAnalysis`` counts one multiply-accumulate as one flop, so each component's forward here is
+2× fvcore's count of those modules — exactly: the ops fvcore has no handle for in an eager, unquantised
+model (norms, SiLU, softmax, RoPE, residual adds, the embedding gather) are the ones ignored here.
+
 Peak memory
 -----------
 The peak of the tensor storage one training step keeps alive, in bytes, at micro-batch b, sequence s,
@@ -305,6 +313,14 @@ class Cost:
         """Training FLOPs per token per trainable parameter (6 for full fine-tuning without attention)."""
         return self.train_flops_per_token / self.trainable_params
 
+    def by_component(self, causal: bool = False) -> dict[str, Term]:
+        """The terms summed per component (:data:`COMPONENTS`, in its order; absent ones left out)."""
+        out: dict[str, list[float]] = {}
+        for t in self.terms_causal if causal else self.terms:
+            acc = out.setdefault(TERM_COMPONENT[t.name], [0.0, 0.0, 0.0])
+            acc[:] = acc[0] + t.forward, acc[1] + t.backward, acc[2] + t.recompute
+        return {k: Term(k, *out[k]) for k in COMPONENTS if k in out}
+
     def to_dict(self) -> dict:
         return dict(
             method=self.method,
@@ -321,6 +337,18 @@ class Cost:
             k=self.k,
             terms={t.name: dataclasses.asdict(t) | {"train": t.train} for t in self.terms},
         )
+
+
+COMPONENTS = {"backbone.blocks": "backbone block linears", "backbone.attention": "backbone attention",
+              "lora": "LoRA factors", "side.ladders": "side: W_in + ladders", "side.blocks": "side block linears",
+              "side.attention": "side attention", "side.w_up": "side: W_up", "head": "head"}  # fmt: skip
+"""Where a method's FLOPs go (key → label), as the modules that run them (see the module docstring)."""
+TERM_COMPONENT = {"blocks.down": "backbone.blocks", "blocks.rest": "backbone.blocks",
+                  "blocks.first_qkv": "backbone.blocks", "backbone.blocks": "backbone.blocks",
+                  "attention": "backbone.attention", "backbone.attention": "backbone.attention",
+                  "lora.first_qkv_A": "lora", "lora.down_B": "lora", "lora.rest": "lora",
+                  "side.w_in": "side.ladders", "side.ladders": "side.ladders", "side.blocks": "side.blocks",
+                  "side.attention": "side.attention", "side.w_up": "side.w_up", "head": "head"}  # fmt: skip
 
 
 def cost(arch: Arch, method: MethodLike, seq_len: int) -> Cost:
@@ -753,3 +781,19 @@ def parse_bytes(text: str) -> float:
     if not 0 < value * scale < float("inf"):  # False for nan too
         raise ValueError(f"memory size must be a positive, finite amount; got {text!r}")
     return value * scale
+
+
+def generation_flops(arch: Arch, method: MethodLike, prompt_len: int, new_tokens: int) -> float:
+    """Forward FLOPs per sequence of decoding ``new_tokens`` after ``prompt_len`` with a KV cache. With R
+    the per-token forward of every linear but the head, a the attention per query-key pair (4·H·hd over
+    all layers, backbone and side: :func:`cost`'s attention terms at ``seq_len=1``) and h = 2·d·V: the
+    prompt runs once (P·R, the P² pairs executed, the head on its last position only), then n − 1 steps
+    feed one token that meets P + k keys and calls the head once: F = (P + n − 1)·R + a·(P² + (n − 1)·P
+    + n(n − 1)/2) + n·h. A batch counts every row, padded or stopped (sliding windows: not modelled)."""
+    if prompt_len < 1 or new_tokens < 0:
+        raise ValueError(f"need prompt_len ≥ 1 and new_tokens ≥ 0; got {prompt_len}, {new_tokens}")
+    terms, p, n = cost(arch, method, 1).terms, prompt_len, new_tokens
+    a = sum(t.forward for t in terms if t.name.endswith("attention"))
+    h = sum(t.forward for t in terms if t.name == "head")
+    r = sum(t.forward for t in terms) - a - h
+    return 0.0 if n == 0 else (p + n - 1) * r + a * (p * p + (n - 1) * p + n * (n - 1) / 2) + n * h

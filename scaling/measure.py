@@ -10,6 +10,10 @@ and the bytes of tensor storage it keeps alive.
 
 ``torch.utils.flop_counter.FlopCounterMode`` counts every mm/addmm/bmm the step executes. It does not see
 CPU SDPA kernels nor bitsandbytes 4-bit matmuls, so count on an unquantised twin with eager attention.
+fvcore's ``FlopCountAnalysis`` (:func:`fvcore_flops`) is a second, independent count of the forward,
+module by module: it traces the model with ``torch.jit`` and counts each matmul from its shapes, at one
+flop per multiply-accumulate (converted here to two). It cannot trace bitsandbytes' 4-bit layers and
+has no handle for fused attention; what it cannot count is named, never shown as zero.
 
 :class:`LiveBytes` is hand-written because nothing in torch's public API does this: ``max_memory_allocated``
 exists only on CUDA and rounds to the caching allocator's blocks, ``torch.profiler``'s memory timeline
@@ -31,6 +35,7 @@ a thread it does not cover) count only when tracked explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import weakref
 from collections.abc import Callable
@@ -284,27 +289,34 @@ def twin_config(arch, cfg) -> dict:
     return out
 
 
-def twin_memory(arch, cfg, seq_len: int, batch_size: int, *, step: str = "steady",
-                directory=None) -> dict:  # fmt: skip
-    """Measure one training step of ``cfg`` on a tiny twin of ``arch`` on this CPU (:func:`step_memory`)
-    and set it beside :func:`scaling.flops.memory` of the same twin, term by term (bytes)."""
+@contextlib.contextmanager
+def twin_model(arch, cfg, directory=None):
+    """``cfg`` built on a tiny twin of ``arch`` (:func:`twin_config`; random weights, saved with
+    ``save_pretrained`` and loaded back, the path a checkpoint takes): yields (fields, twin Arch, model)."""
     import tempfile
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from scaling import flops
     from scaling.arch import Arch
     from scaling.methods.backbone import quiet_libraries
-    from scaling.train.objective import make_optimizer
 
     quiet_libraries()
     fields = twin_config(arch, cfg)
     twin = Arch.from_hf_config(fields, source=f"twin of {arch.source or arch.family}")
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         torch.manual_seed(0)
-        hf = AutoConfig.for_model(**fields)
-        AutoModelForCausalLM.from_config(hf).save_pretrained(tmp)
-        model = cfg.build(tmp)
+        AutoModelForCausalLM.from_config(AutoConfig.for_model(**fields)).save_pretrained(tmp)
+        yield fields, twin, cfg.build(tmp)
+
+
+def twin_memory(arch, cfg, seq_len: int, batch_size: int, *, step: str = "steady",
+                directory=None) -> dict:  # fmt: skip
+    """Measure one training step of ``cfg`` on a tiny twin of ``arch`` on this CPU (:func:`step_memory`)
+    and set it beside :func:`scaling.flops.memory` of the same twin, term by term (bytes)."""
+    from scaling import flops
+    from scaling.train.objective import make_optimizer
+
+    with twin_model(arch, cfg, directory) as (fields, twin, model):
         params = [p for p in model.parameters() if p.requires_grad]
         opt = dict(lr=1e-4, betas=[0.9, 0.999], weight_decay=0.0)
         optimizer, _ = make_optimizer(params, opt, cfg.optimizer)
@@ -323,3 +335,158 @@ def twin_memory(arch, cfg, seq_len: int, batch_size: int, *, step: str = "steady
             "measured": measured | {"total": got.peak}, "analytic": analytic | {"total": est.total},
             "measured_peak_at": got.phase, "analytic_peak_at": est.peak_at,
             "error": est.total / got.peak - 1}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# fvcore: a second independent count, module by module
+
+ELEMENTWISE_OPS = frozenset(
+    f"aten::{op}"
+    for op in (
+        "add add_ sub rsub mul mul_ div neg pow rsqrt sqrt exp mean sum softmax silu gelu sigmoid "
+        "tanh rms_norm cos sin embedding diff ne le lt where cumsum new_ones ones_like scalar_tensor "
+        "bitwise_or bitwise_and any all abs clone masked_fill_ fill_ triu tril"
+    ).split()
+)
+"""Ops without an fvcore handle that compute no matrix product (elementwise math, one-axis reductions,
+gathers, scans, mask building): :mod:`scaling.flops` leaves them out too. Any other op without a
+handle (``aten::scaled_dot_product_attention``, a custom kernel) is reported as not counted."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleFlops:
+    """fvcore's count of one forward pass, in FLOPs at 2 per multiply-accumulate (fvcore's own unit is
+    1 per multiply-accumulate; every number here is converted)."""
+
+    tokens: int
+    macs: int
+    """fvcore's total, in its own convention (one fused multiply-add = one flop)."""
+    modules: dict[str, int]
+    """FLOPs per module, each including its submodules (fvcore's ``by_module`` × 2)."""
+    components: dict[str, float]
+    """Forward FLOPs per token by :data:`scaling.flops.COMPONENTS` key, from the modules that ran
+    them; "other" for products in a module outside every component."""
+    not_counted: dict[str, dict[str, int]]
+    """Ops fvcore could not count that may hold FLOPs → {module that ran them: calls}."""
+    incomplete: tuple[str, ...]
+    """Components whose count misses the ops in ``not_counted``: a lower bound, not a number."""
+    elementwise: dict[str, int]
+    """Ops without a handle that hold no matrix product (:data:`ELEMENTWISE_OPS`), by calls."""
+    uncalled: tuple[str, ...]
+    """Modules with parameters that the forward never called."""
+    table: str
+    """fvcore's ``flop_count_table``, in FLOPs (2 per multiply-accumulate)."""
+
+    @property
+    def total(self) -> int:
+        return 2 * self.macs
+
+
+def module_component(name: str) -> str:
+    """The :data:`scaling.flops.COMPONENTS` key of the matmuls a module runs itself (not in a child)."""
+    parts = name.split(".")
+    if "lora_A" in parts or "lora_B" in parts:
+        return "lora"
+    if parts[-1] == "lm_head":
+        return "head"
+    side = parts[0] == "side"
+    if side and len(parts) > 1 and parts[1] in ("w_in", "ladders", "w_up"):
+        return "side.w_up" if parts[1] == "w_up" else "side.ladders"
+    where = "side" if side else "backbone"
+    if parts[-1] == "self_attn":  # QKᵀ and AV run in the attention module itself
+        return f"{where}.attention"
+    return f"{where}.blocks" if "layers" in parts else "other"
+
+
+def _own(totals: dict, names: list[str]) -> dict[str, float]:
+    """What each module did itself: its total less its direct children's."""
+    own = dict(totals)
+    for name in names:
+        if name:
+            parent = name.rpartition(".")[0]
+            own[parent] = own.get(parent, 0) - totals.get(name, 0)
+    return own
+
+
+def fvcore_flops(
+    model: torch.nn.Module, input_ids: torch.Tensor, *, max_depth: int = 4
+) -> ModuleFlops:
+    """Trace one forward of ``model`` on ``input_ids`` with fvcore's ``FlopCountAnalysis`` (eval mode,
+    ``use_cache=False``) and sort what it counted by module and component (:class:`ModuleFlops`).
+
+    fvcore traces with ``torch.jit``, which cannot trace bitsandbytes' 4-bit matmul (an autograd
+    Function holding a quantisation state): a model with 4-bit layers is refused with that reason —
+    count its unquantised twin, which runs the same products. Fused attention
+    (``scaled_dot_product_attention``) traces but has no handle: it is named in ``not_counted``."""
+    from collections import Counter
+
+    from fvcore.nn import FlopCountAnalysis, flop_count_table
+
+    from scaling.errors import ScalingError
+
+    four_bit: dict[int, str] = {}  # by weight: peft's wrapper and its base layer share one
+    for n, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if hasattr(w, "quant_state"):
+            four_bit.setdefault(id(w), n)
+    if four_bit:
+        raise ScalingError(
+            f"fvcore cannot trace bitsandbytes' 4-bit matmuls ({len(four_bit)} layers, e.g. "
+            f"{next(iter(four_bit.values()))}): count the unquantised twin (quantization none), "
+            "which runs the same products"
+        )
+
+    class Converted(FlopCountAnalysis):
+        """fvcore's own analysis, its per-module counts (what ``flop_count_table`` prints) × 2."""
+
+        def by_module(self):
+            return Counter({k: 2 * v for k, v in super().by_module().items()})
+
+    configs = [
+        m.config for m in model.modules() if hasattr(getattr(m, "config", None), "use_cache")
+    ]
+    saved = [(c, c.use_cache) for c in configs]
+    training = model.training
+    model.eval()
+    try:
+        for c in configs:
+            c.use_cache = False  # a KV cache object is not a tensor: jit cannot trace it
+        with torch.no_grad():
+            fca = Converted(model, (input_ids,)).unsupported_ops_warnings(False)
+            fca.uncalled_modules_warnings(False).tracer_warnings("none")
+            try:
+                macs, by_module = fca.total(), fca.by_module()  # one trace, cached
+            except RuntimeError as e:  # torch.jit met something it cannot trace
+                line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ScalingError(
+                    f"fvcore could not trace {type(model).__name__}: {line}"
+                ) from None
+            table = flop_count_table(fca, max_depth=max_depth)
+            names = [n for n, _ in model.named_modules()]
+            ops = {n: fca.unsupported_ops(n) for n in names}
+            uncalled = fca.uncalled_modules()
+    finally:
+        for c, value in saved:
+            c.use_cache = value
+        model.train(training)
+    tokens = input_ids.numel()
+    components: dict[str, float] = {}
+    for name, count in _own(by_module, names).items():
+        if count:
+            key = module_component(name)
+            components[key] = components.get(key, 0.0) + count / tokens
+    not_counted: dict[str, dict[str, int]] = {}
+    incomplete = set()
+    for op in ops[""]:
+        if op in ELEMENTWISE_OPS:
+            continue
+        own = _own({n: c.get(op, 0) for n, c in ops.items()}, names)
+        not_counted[op] = {n: c for n, c in own.items() if c}
+        incomplete |= {module_component(n) for n in not_counted[op]}
+    params = {n for n, m in model.named_modules() if any(True for _ in m.parameters())}
+    return ModuleFlops(
+        tokens=tokens, macs=int(macs), modules=dict(by_module), components=components,
+        not_counted=not_counted, incomplete=tuple(sorted(incomplete)),
+        elementwise={op: c for op, c in ops[""].items() if op in ELEMENTWISE_OPS},
+        uncalled=tuple(sorted(uncalled & params)), table=table,
+    )  # fmt: skip

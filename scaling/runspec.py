@@ -205,19 +205,26 @@ class RunSpec:
     """Memory levers the planner applied to fit ``gpu_mem`` (``loss=efficient``,
     ``gradient_checkpointing``, ``micro_batch_size=N``); already in the config and micro-batch."""
     status: str = "planned"
+    evaluations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Task evaluations the job runs (:mod:`scaling.train.tasks`; keys in :data:`EVAL_CHECKS`).
+    Like ``train``, they never change the run's result or its id; written only when there are any."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_json(self) -> dict[str, Any]:
         """What ``runs/<run_id>/spec.json`` holds: the run plus the file's format version."""
-        return {"format_version": SPEC_FORMAT_VERSION, **self.to_dict()}
+        data = self.to_dict()
+        if not data["evaluations"]:
+            del data["evaluations"]  # specs without evaluations stay as they always were
+        return {"format_version": SPEC_FORMAT_VERSION, **data}
 
     def manifest_row(self) -> dict[str, Any]:
         """One flat manifest row: nested tables become ``dial_*``, ``dataset_*``, ``optimizer_*``."""
         row = self.to_dict()
         del row["backbone_config"]
         del row["train"]
+        del row["evaluations"]
         row["levers"] = ",".join(row["levers"])
         for prefix in ("method_config", "dataset", "optimizer"):
             short = "dial" if prefix == "method_config" else prefix
@@ -361,6 +368,20 @@ def _integer(name: str, v: Any) -> None:
     check(_is_int(v), f"{name} must be an integer; got {v!r}")
 
 
+TRACKERS = ("tensorboard", "wandb", "trackio")
+"""Experiment trackers ``[train] report_to`` may list (:mod:`scaling.train.tracking`)."""
+
+
+def check_report_to(name: str, v: Any) -> None:
+    """``[train] report_to``: a list of distinct :data:`TRACKERS` (empty: metrics.parquet only)."""
+    ok = isinstance(v, list) and all(isinstance(t, str) for t in v)
+    check(ok, f"{name} must be a list of trackers ({', '.join(TRACKERS)}); got {v!r}")
+    unknown = [t for t in v if t not in TRACKERS]
+    check(not unknown, f"{name}: unknown tracker {unknown[0] if unknown else ''!r}; valid: "
+                       f"{', '.join(TRACKERS)}")  # fmt: skip
+    check(len(set(v)) == len(v), f"{name} lists a tracker twice")
+
+
 _STR = _non_empty_str
 _POS_INT, _POS_NUM = check_positive_int, check_positive_number
 
@@ -383,9 +404,26 @@ TRAIN_CHECKS: dict[str, Callable[[str, Any], None]] = {
     "log_every": _POS_INT, "eval_every": _non_negative_int,
     "checkpoint_every_minutes": _POS_NUM, "diverge_ratio": _in_range(1, math.inf, lo_open=True,
                                                                      hi_open=True),
-    "keep_checkpoints": _POS_INT,
+    "keep_checkpoints": _POS_INT, "report_to": check_report_to,
 }  # fmt: skip
-OPTIONAL_KEYS = {"dataset": (), "optimizer": ("lr_multiplier",), "train": tuple(TRAIN_CHECKS)}
+EVAL_TASKS = ("arithmetic", "exact_match", "choice")
+EVAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _eval_name(name: str, v: Any) -> None:
+    check(isinstance(v, str) and EVAL_NAME.fullmatch(v) is not None,
+          f"{name} must be letters, digits, '.', '_' or '-'; got {v!r}")  # fmt: skip
+
+
+EVAL_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "name": _eval_name, "task": _choice(*EVAL_TASKS), "examples": _POS_INT,
+    "max_new_tokens": _POS_INT, "batch_size": _POS_INT, "every": _non_negative_int,
+    "path": _optional(_STR), "prompt_field": _STR, "answer_field": _STR, "options_field": _STR,
+    "difficulty": _optional(_POS_INT), "ops": _STR, "seed": _integer,
+}  # fmt: skip
+"""One task evaluation (``[[evaluations]]``; :mod:`scaling.train.tasks`): only ``name`` is required."""
+OPTIONAL_KEYS = {"dataset": (), "optimizer": ("lr_multiplier",), "train": tuple(TRAIN_CHECKS),
+                 "evaluation": tuple(k for k in EVAL_CHECKS if k != "name")}  # fmt: skip
 """Table keys a spec may leave out (the trainer's defaults apply); all others must be present."""
 
 
@@ -418,11 +456,29 @@ def check_spec(spec: dict[str, Any]) -> None:
     for table, checks in (("dataset", DATASET_CHECKS), ("optimizer", OPTIMIZER_CHECKS),
                           ("train", TRAIN_CHECKS)):  # fmt: skip
         _check_table(table, spec[table], checks)
+    check_evaluations(spec.get("evaluations", []))
     warmup = spec["optimizer"]["warmup_steps"]
     check(
         warmup <= spec["steps"],
         f"optimizer.warmup_steps ({warmup}) exceeds steps ({spec['steps']})",
     )
+
+
+def check_evaluations(evaluations: Any) -> None:
+    """A list of evaluation tables (:data:`EVAL_CHECKS`) with distinct names; the file-based tasks
+    name their file, and ``ops`` draws from ``+-*``."""
+    check(
+        isinstance(evaluations, list), f"evaluations must be a list of tables; got {evaluations!r}"
+    )
+    for e in evaluations:
+        _check_table("evaluation", e, EVAL_CHECKS)
+        where = f"evaluation {e['name']}"
+        task = e.get("task", "arithmetic")
+        check(task == "arithmetic" or e.get("path"), f"{where}: task {task} needs a path")
+        ops = e.get("ops", "+-*")
+        check(set(ops) <= set("+-*"), f"{where}: ops must be drawn from '+-*'; got {ops!r}")
+    names = [e["name"] for e in evaluations]
+    check(len(set(names)) == len(names), "evaluations name an evaluation twice")
 
 
 def _check_table(table: str, data: Any, checks: dict[str, Callable[[str, Any], None]]) -> None:

@@ -43,6 +43,36 @@ def test_flops_table_from_model_directory(tiny_llama):
     assert "train FLOPs/token" in out.stdout and "trainable params" in out.stdout
 
 
+def test_flops_breakdown_beside_fvcore():
+    """``--breakdown``: the analytic components at the model's size, and fvcore's count on a tiny
+    unquantised twin beside the analytic count of that twin (equal: the text and --json say the same),
+    with fvcore's convention stated and converted."""
+    base = ("flops", "--model", "qwen2.5-0.5b", "--method", "qlora", "--rank", "8", "--seq-len", "64",
+            "--breakdown")  # fmt: skip
+    text, js = run(*base), run(*base, "--json")
+    assert text.returncode == 0 and js.returncode == 0, text.stderr + js.stderr
+    words = " ".join(text.stdout.split())  # notes are wrapped at 100 columns
+    assert "one multiply-accumulate as one flop" in words
+    assert "cannot trace bitsandbytes' 4-bit matmuls" in words  # QLoRA's twin is unquantised
+    assert "| module" in text.stdout and "not counted" not in text.stdout
+    split = json.loads(js.stdout)["breakdown"]
+    fv = split["fvcore"]
+    assert list(fv["components"]) == ["backbone.blocks", "backbone.attention", "lora", "head"]
+    for row in fv["components"].values():
+        assert row["fvcore"] == row["analytic"] > 0
+        assert f"{row['analytic']:>12.6g}  {row['fvcore']:>12.6g}" in text.stdout
+    assert fv["total"] == sum(r["fvcore"] for r in fv["components"].values())
+    assert fv["not_counted"] == {} and fv["seq_len"] == 64
+    analytic = split["analytic"]
+    data = json.loads(js.stdout)
+    assert sum(t["train"] for t in analytic.values()) == pytest.approx(
+        data["train_flops_per_token"]
+    )
+    assert sum(t["forward"] for t in analytic.values()) == pytest.approx(
+        data["forward_flops_per_token"]
+    )
+
+
 def test_memory_fits_verdict():
     base = (
         "memory",

@@ -27,3 +27,10 @@ def test_quickstart_summary_is_what_the_code_makes_of_the_committed_runs():
     spec.loader.exec_module(module)
     committed = (ROOT / "docs" / "quickstart" / "summary.txt").read_text()
     assert summary(module.refit()) + "\n" == committed
+
+
+def test_cli_reference_is_up_to_date():
+    """docs/cli.md is every command's --help as the code prints it (docs/cli_reference.py)."""
+    out = subprocess.run([sys.executable, str(ROOT / "docs" / "cli_reference.py"), "--check"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr

@@ -132,13 +132,13 @@ def test_defect_2_a_run_that_succeeded_meanwhile_is_not_retrained(tmp_path, back
     run = plan_run(tmp_path / "s", backbone, steps=2)
     done = train(run)
     (run / "result.json").unlink()
-    real = train_mod.data.prepare
+    real = train_mod.shards.for_run
 
     def finished_by_another_trainer(*args, **kwargs):
         io.write_json(run / "result.json", done)  # the other trainer finishes while we load data
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod.data, "prepare", finished_by_another_trainer)
+    monkeypatch.setattr(train_mod.shards, "for_run", finished_by_another_trainer)
     assert train(run) == done
     assert result_of(run) == done and not (run / "checkpoints").exists()
 

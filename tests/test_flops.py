@@ -45,6 +45,83 @@ def test_train_flops_match_flop_counter(tiny_models, batch, family, method, dial
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize(("method", "dials"), CASES, ids=lambda x: str(x))
+def test_forward_flops_match_fvcore(tiny_models, batch, family, method, dials):
+    """fvcore's FlopCountAnalysis, a second independent count, traced on the same eager unquantised twin:
+    the analytic forward FLOPs per token are its count × 2 (it counts one multiply-accumulate as one
+    flop), exactly, in total and component by component (the modules that ran each matmul). Nothing is
+    left unexplained: every op it has no handle for is elementwise (scaling.measure.ELEMENTWISE_OPS:
+    RMSNorm's pow/mean/rsqrt/mul, SiLU, softmax, RoPE's cos/sin/neg, residual adds, the embedding
+    gather, mask building), which the analytic count leaves out too; none is a matrix product."""
+    from scaling import measure
+
+    cfg = methods.config(method, **dials, quantization="none", attn_implementation="eager")
+    model = cfg.build(tiny_models[family])
+    counted = measure.fvcore_flops(model, batch)
+    cost = flops.cost(resolve_arch(tiny_models[family]), cfg, batch.shape[1])
+    assert counted.not_counted == {} and counted.incomplete == ()
+    assert set(counted.elementwise) <= measure.ELEMENTWISE_OPS
+    assert 2 * counted.macs == cost.forward_flops_per_token * batch.numel()
+    assert counted.components == {k: t.forward for k, t in cost.by_component().items()}
+    assert counted.uncalled == ()  # every module with weights ran
+
+
+def test_fvcore_names_what_it_cannot_count(tiny_llama, batch):
+    """Fused attention has no fvcore handle: the breakdown names the op and the modules that ran it and
+    marks the component incomplete instead of counting it as zero; 4-bit layers cannot be traced at all,
+    and the refusal says so and what to count instead."""
+    from scaling import measure
+    from scaling.errors import ScalingError
+
+    cfg = methods.config("qlora", rank=4, quantization="none", attn_implementation="sdpa")
+    counted = measure.fvcore_flops(cfg.build(tiny_llama), batch)
+    sdpa = counted.not_counted["aten::scaled_dot_product_attention"]
+    assert set(counted.not_counted) == {"aten::scaled_dot_product_attention"}
+    assert len(sdpa) == resolve_arch(tiny_llama).num_layers
+    assert all(name.endswith("self_attn") for name in sdpa)
+    assert counted.incomplete == ("backbone.attention",)
+    assert "backbone.attention" not in counted.components
+    cost = flops.cost(resolve_arch(tiny_llama), cfg, batch.shape[1]).by_component()
+    assert counted.components == {
+        k: t.forward for k, t in cost.items() if k != "backbone.attention"
+    }
+    with pytest.raises(ScalingError, match="cannot trace bitsandbytes' 4-bit matmuls"):
+        measure.fvcore_flops(methods.config("qlora", rank=4).build(tiny_llama), batch)
+
+
+def test_breakdown_says_not_counted_instead_of_zero(capsys):
+    """``scaling flops --breakdown`` on a twin with fused attention: the attention row reads "not
+    counted" (None in --json), the op is named with the modules that ran it, and every other component
+    still matches the analytic count."""
+    from scaling.methods.cli import breakdown, print_breakdown
+
+    split = breakdown(resolve_arch("qwen2.5-0.5b"), methods.config("lora", rank=2), 16,
+                      attention="sdpa")  # fmt: skip
+    rows = split["fvcore"]["components"]
+    assert (
+        rows["backbone.attention"]["fvcore"] is None and rows["backbone.attention"]["analytic"] > 0
+    )
+    assert all(r["fvcore"] == r["analytic"] for k, r in rows.items() if k != "backbone.attention")
+    assert list(split["fvcore"]["not_counted"]) == ["aten::scaled_dot_product_attention"]
+    print_breakdown(split)
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"backbone attention {rows['backbone.attention']['analytic']:.6g} not counted" in out
+    assert "NOT COUNTED by fvcore: aten::scaled_dot_product_attention in 4 modules" in out
+
+
+def test_components_add_up_to_the_terms():
+    arch = resolve_arch("qwen2.5-7b")
+    for method, dials in CASES:
+        c = flops.cost(arch, methods.config(method, **dials), 2048)
+        for causal in (False, True):
+            parts = c.by_component(causal).values()
+            terms = c.terms_causal if causal else c.terms
+            assert sum(t.train for t in parts) == pytest.approx(sum(t.train for t in terms))
+            assert sum(t.forward for t in parts) == pytest.approx(sum(t.forward for t in terms))
+    assert set(flops.TERM_COMPONENT.values()) == set(flops.COMPONENTS)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
 def test_backbone_params_match_built_model(tiny_models, family):
     from transformers import AutoModelForCausalLM
 

@@ -1,6 +1,7 @@
 """``scaling flops | memory``: a method's parameters, FLOPs per token and analytic peak memory.
 
     scaling flops  --model qwen2.5-7b --method ladder --reduction 8 --seq-len 2048
+    scaling flops  --model qwen2.5-7b --method qlora --seq-len 2048 --breakdown   # + fvcore's count
     scaling memory --model qwen2.5-7b --method qlora --seq-len 2048 --batch-size 1 --gpu-mem 12GB
 
 Every number comes from :mod:`scaling.flops` on the architecture of ``--model`` (a model directory, a
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import textwrap
 import types
 import typing
 
@@ -79,8 +81,10 @@ def cmd_flops(args: argparse.Namespace) -> None:
     cfg = _method_config(args)
     arch = resolve_arch(args.model)
     c = flops.cost(arch, cfg, args.seq_len)
+    split = breakdown(arch, cfg, args.seq_len) if args.breakdown else None
     if args.json:
-        print(json.dumps({"model": args.model, "config": cfg.to_dict(), **c.to_dict()}, indent=2))
+        out = {"model": args.model, "config": cfg.to_dict(), **c.to_dict()}
+        print(json.dumps(out | ({"breakdown": split} if split else {}), indent=2))
         return
     rows = [
         ("backbone params", f"{c.backbone.total:,}"),
@@ -94,6 +98,8 @@ def cmd_flops(args: argparse.Namespace) -> None:
     _table(rows)
     print("terms (train FLOPs/token):")
     _table([(f"  {t.name}", f"{t.train:.4g}") for t in c.terms])
+    if split:
+        print_breakdown(split)
 
 
 def cmd_memory(args: argparse.Namespace) -> None:
@@ -140,6 +146,83 @@ def cmd_memory(args: argparse.Namespace) -> None:
              ("analytic / measured − 1", f"{measured['error']:+.2%}")])  # fmt: skip
 
 
+TRACE_MAX = 2048
+"""Longest sequence the twin is traced at (eager attention holds an s × s matrix per head)."""
+
+
+def breakdown(arch, cfg, seq_len: int, *, attention: str = "eager") -> dict:
+    """Per-component FLOPs per token: analytic at this size (:meth:`flops.Cost.by_component`), and on a
+    tiny unquantised twin of ``arch`` (``attention``: eager, the one fvcore counts; ``use_cache=False``)
+    counted by fvcore (:func:`scaling.measure.fvcore_flops`) beside the analytic count of the twin."""
+    import torch
+
+    from scaling import measure
+
+    twin_cfg = dataclasses.replace(cfg, quantization="none", attn_implementation=attention)
+    s = min(seq_len, TRACE_MAX)
+    with measure.twin_model(arch, twin_cfg) as (fields, twin, model):
+        ids = torch.randint(0, twin.vocab_size, (1, s), generator=torch.Generator().manual_seed(0))
+        counted = measure.fvcore_flops(model, ids, max_depth=3)
+    expected = flops.cost(twin, twin_cfg, s).by_component()
+    keys = [*expected, *(k for k in counted.components if k not in expected)]
+    rows = {k: {"label": flops.COMPONENTS.get(k, k), "analytic": expected[k].forward if k in expected else 0.0,
+                "fvcore": None if k in counted.incomplete else counted.components.get(k, 0.0)}
+            for k in keys}  # fmt: skip
+    return {
+        "analytic": {k: dataclasses.asdict(t) | {"train": t.train}
+                     for k, t in flops.cost(arch, cfg, seq_len).by_component().items()},
+        "fvcore": {"twin": {k: v for k, v in fields.items() if k != "model_type"},
+                   "seq_len": s, "convention": FVCORE_CONVENTION, "components": rows,
+                   "total": counted.total / counted.tokens, "modules": counted.modules,
+                   "table": counted.table, "not_counted": counted.not_counted,
+                   "elementwise_not_counted": counted.elementwise, "uncalled": list(counted.uncalled),
+                   "quantization": cfg.quantization, "attention": attention},
+    }  # fmt: skip
+
+
+FVCORE_CONVENTION = (
+    "fvcore counts one multiply-accumulate as one flop; its counts here are converted to 2 FLOPs per "
+    "multiply-accumulate, this tool's unit"
+)
+
+
+def print_breakdown(split: dict) -> None:
+    print("\nby component, FLOPs per token (analytic):")
+    rows = [("  component", f"{'forward':>10}  {'backward':>10}  {'recompute':>10}  {'train':>10}")]
+    for k, t in split["analytic"].items():
+        rows.append((f"  {flops.COMPONENTS[k]}", "  ".join(f"{t[f]:>10.4g}" for f in
+                     ("forward", "backward", "recompute", "train"))))  # fmt: skip
+    _table(rows)
+    fv = split["fvcore"]
+    print(
+        "\nfvcore, a second independent count of the forward, on a tiny unquantised twin of the model:"
+    )
+    twin = ", ".join(f"{k}={v}" for k, v in fv["twin"].items())
+    _say(twin)
+    _say(f"{fv['attention']} attention, use_cache=False, one sequence of {fv['seq_len']} tokens"
+         + ("; 4-bit base layers unquantised (fvcore cannot trace bitsandbytes' 4-bit matmuls)"
+            if fv["quantization"] != "none" else ""))  # fmt: skip
+    _say(fv["convention"])
+    rows = [("  component, forward FLOPs per token", f"{'analytic':>12}  {'fvcore':>12}")]
+    for r in fv["components"].values():
+        got = "not counted" if r["fvcore"] is None else f"{r['fvcore']:.6g}"
+        rows.append((f"  {r['label']}", f"{r['analytic']:>12.6g}  {got:>12}"))
+    _table(rows)
+    for op, where in fv["not_counted"].items():
+        _say(f"NOT COUNTED by fvcore: {op} in {len(where)} modules (e.g. {next(iter(where))}); a "
+             "component that runs it shows 'not counted', not a number")  # fmt: skip
+    skipped = ", ".join(op.removeprefix("aten::") for op in sorted(fv["elementwise_not_counted"]))
+    _say(f"elementwise ops neither counts (no matrix product): {skipped or 'none'}")
+    if fv["uncalled"]:
+        _say(f"modules the forward never called: {', '.join(fv['uncalled'])}")
+    print(f"fvcore's per-module table (the whole {fv['seq_len']}-token forward, FLOPs):")
+    print(fv["table"])
+
+
+def _say(text: str) -> None:
+    print(textwrap.fill(text, 100, initial_indent="  ", subsequent_indent="  "))
+
+
 def _describe(cfg) -> str:
     return ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items() if v is not None)
 
@@ -165,6 +248,10 @@ def add_arguments(p: argparse.ArgumentParser, *, memory: bool) -> None:
         p.add_argument("--measure", action="store_true",
                        help="also build the configuration on a tiny twin of the model and measure one "
                             "training step on this CPU (live tensor bytes), term by term")  # fmt: skip
+    if not memory:
+        p.add_argument("--breakdown", action="store_true",
+                       help="also the FLOPs by component, and fvcore's per-module count of the "
+                            "configuration on a tiny unquantised twin of the model beside it")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_dial_options(p)
 

@@ -17,8 +17,10 @@ import json
 from pathlib import Path
 
 from scaling import flops
+from scaling.config import check_override_keys, parse_overrides
 from scaling.launch.cli import add_launch_options, launch_from_args
 from scaling.runspec import RunSpec, budget_label
+from scaling.sweep import dataprep
 from scaling.sweep.inputs import parse_budgets
 from scaling.sweep.planner import Plan, build_plan
 from scaling.sweep.rundir import write
@@ -37,22 +39,37 @@ def run_sweep(
     from_fit: str | None = None,
     gpu_mem: str | None = None,
     as_json: bool = False,
+    overrides: list[str] | None = None,
 ) -> str:
-    """Plan, write unless ``dry_run``, and return the text to print (a table, or JSON)."""
-    spec = load_spec(spec_path)
+    """Plan, write unless ``dry_run``, and return the text to print (a table, or JSON).
+    ``overrides``: ``KEY=VALUE`` items (``--set``) over the spec file (:func:`resolved_spec`)."""
+    spec = resolved_spec(spec_path, overrides)
     budgets = parse_budgets(flops_args) if flops_args else None
+    dataprep.check(spec)  # a missing path, no documents, no such field: before planning
     p = build_plan(spec, budgets, from_fit=from_fit, gpu_mem=gpu_mem)
     target = output_dir(spec, out)
+    # Tokenised once for the whole sweep, and every run's size checked, before anything is written.
+    prepared = [] if dry_run or not p.runs else dataprep.prepare(p)
     new = None if dry_run else write(p, target)
     if as_json:
         extra = {
             "out": None if dry_run else str(target),
             "dry_run": dry_run,
             "new_runs": None if new is None else [r.run_id for r in new],
+            "data": [d.to_dict() for d in prepared],
         }
         return json.dumps(p.to_dict() | extra, indent=2, default=str)
     where = "" if out or dry_run else f"no --out: writing to {target}/ (runs/<spec name>)\n"
-    return where + render(p) + "\n" + _footer(p, target, new)
+    data_lines = "".join(d.line() + "\n" for d in prepared)
+    return where + render(p) + "\n" + data_lines + _footer(p, target, new)
+
+
+def resolved_spec(spec_path: str | None, overrides: list[str] | None = None) -> SweepSpec:
+    """The spec file (or the defaults) with ``--set KEY=VALUE`` overrides applied: typed as TOML,
+    checked by the spec's own classes, recorded in ``sweep.json`` as part of the spec."""
+    over = parse_overrides(overrides)
+    check_override_keys(SweepSpec, over)
+    return load_spec(spec_path, **over)
 
 
 def output_dir(spec: SweepSpec, out: str | None) -> Path:
@@ -96,7 +113,7 @@ def render(p: Plan) -> str:
         f"sweep {s.name}: {len(p.runs)} runs at {len(p.budgets)} budget(s) "
         f"({', '.join(map(budget_label, p.budgets))} FLOPs), {len(p.dropped)} point(s) dropped",
         f"seq_len {s.seq_len}, batch {s.batch_tokens} tokens ({s.batch_tokens // s.seq_len} seqs = "
-        f"micro-batch {s.micro_batch_size} × {accum} accumulation), dataset {s.dataset.name}, "
+        f"micro-batch {s.micro_batch_size} × {accum} accumulation), dataset {dataprep.describe(s)}, "
         f"min_steps {s.constraints.min_steps}"
         + (f", gpu_mem {s.constraints.gpu_mem}" if capped else ""),
         "",
@@ -146,6 +163,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-fit", metavar="FITS.json", help="centre each budget's grid on a fit")
     p.add_argument("--gpu-mem", help="drop points whose peak memory exceeds this, e.g. 24GB")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a spec value, TOML-typed, e.g. --set optimizer.lr=1e-4 --set "
+                        "seeds=[0,1] (repeatable; recorded in sweep.json)")  # fmt: skip
     p.add_argument("--submit", action="store_true",
                    help="then launch the new runs (as `scaling launch OUT`, with the options below)")  # fmt: skip
     add_launch_options(p)
@@ -154,10 +174,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     print(
         run_sweep(args.spec, flops_args=args.flops, out=args.out, dry_run=args.dry_run,
-                  from_fit=args.from_fit, gpu_mem=args.gpu_mem, as_json=args.json)
+                  from_fit=args.from_fit, gpu_mem=args.gpu_mem, as_json=args.json,
+                  overrides=args.set)
     )  # fmt: skip
     if args.submit and not args.dry_run:
-        print(launch_from_args(str(output_dir(load_spec(args.spec), args.out)), args))
+        print(launch_from_args(str(output_dir(resolved_spec(args.spec, args.set), args.out)), args))
 
 
 COMMANDS = {"sweep": (HELP, EXAMPLE, add_arguments, run)}

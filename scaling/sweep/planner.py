@@ -301,6 +301,7 @@ def _runs(spec, budget, ref, arch, hf_config, label, cost, fitted, cap, dial_nam
                 peak_memory_bytes=mem.total, fits_gpu=None if cap is None else True,
                 dataset=spec.dataset.to_dict() | {"max_epochs": cons.max_epochs},
                 optimizer=opt, train=spec.train.to_dict(), levers=list(fitted.levers),
+                evaluations=spec.run_evaluations(),
             )
         )  # fmt: skip
     return runs

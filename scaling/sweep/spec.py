@@ -31,7 +31,7 @@ from scaling.config import (
 )
 from scaling.errors import ScalingError
 from scaling.launch.spec import LaunchSpec
-from scaling.runspec import digest
+from scaling.runspec import check_evaluations, check_report_to, digest
 from scaling.sweep.grid import dial_grid, swept_dial
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
@@ -214,6 +214,10 @@ class TrainSpec(Config):
     """A run whose smoothed train loss exceeds this × its first loss is stopped as ``diverged``."""
     keep_checkpoints: int = 1
     """Checkpoints kept while a run trains (all are removed once it succeeds)."""
+    report_to: list[str] = dataclasses.field(default_factory=list)
+    """Experiment trackers mirroring ``metrics.parquet``, the run's spec and its provenance:
+    ``tensorboard``, ``wandb`` and/or ``trackio`` (each an optional extra; :mod:`scaling.train.tracking`).
+    Empty (the default): ``metrics.parquet`` only."""
 
     def __post_init__(self) -> None:
         check_positive_int("train.log_every", self.log_every)
@@ -225,6 +229,44 @@ class TrainSpec(Config):
         check_positive_number("train.diverge_ratio", self.diverge_ratio)
         check(self.diverge_ratio > 1, "train.diverge_ratio must be > 1")
         check_positive_int("train.keep_checkpoints", self.keep_checkpoints)
+        check_report_to("train.report_to", self.report_to)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalSpec(Config):
+    """One task evaluation (``[[evaluations]]``): run by every job of the sweep, periodically and at
+    its last step, logged as ``task/<name>`` rows of ``metrics.parquet`` and summarised in
+    ``result.json`` (:mod:`scaling.train.tasks`). Like ``[train]``, it never changes a run's result."""
+
+    name: str
+    """Names the evaluation in the metrics (``task/<name>``) and the result (letters, digits, ._-)."""
+    task: str = "arithmetic"
+    """``arithmetic`` (the built-in chain-of-thought task: exact match of the answer and the CoT's
+    length, greedy), ``exact_match`` (a JSONL file of prompts and answers, greedy) or ``choice`` (a
+    JSONL file of prompts, options and the right one: highest log-likelihood)."""
+    examples: int = 64
+    """Examples evaluated (the first ones of the file)."""
+    max_new_tokens: int = 128
+    """Most tokens generated per example: the same decoding budget for every method."""
+    batch_size: int = 16
+    """Examples per forward pass or generation batch (memory only)."""
+    every: int = 0
+    """Optimizer steps between evaluations (0: with each held-out loss evaluation); always at the end."""
+    path: str | None = None
+    """``exact_match`` and ``choice``: the JSONL file."""
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    """The answer's text (``exact_match``), or the right option's index or text (``choice``)."""
+    options_field: str = "options"
+    difficulty: int | None = None
+    """``arithmetic``: largest operand length (default: the dataset's)."""
+    ops: str = "+-*"
+    """``arithmetic``: operations drawn."""
+    seed: int = 1
+    """``arithmetic``: seed of the evaluation's examples (must differ from the training data's)."""
+
+    def __post_init__(self) -> None:
+        check_evaluations([{k: v for k, v in self.to_dict().items() if v is not None}])
 
 
 SECTIONS: dict[str, type[Config]] = {
@@ -274,6 +316,9 @@ class SweepSpec(Config):
     train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
     launch: LaunchSpec = dataclasses.field(default_factory=LaunchSpec)
     """Submission defaults for ``scaling launch`` / ``sweep --submit`` (flags win)."""
+    evaluations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Task evaluations every run performs (``[[evaluations]]`` tables, :class:`EvalSpec`); none by
+    default: runs then log the held-out loss only."""
 
     def __post_init__(self) -> None:
         check(
@@ -328,6 +373,20 @@ class SweepSpec(Config):
             self.constraints.max_epochs is None or self.dataset.tokens is not None,
             "constraints.max_epochs needs dataset.tokens (the size of one epoch)",
         )
+        check(isinstance(self.evaluations, list) and all(isinstance(e, dict) for e in self.evaluations),
+              "evaluations must be a list of [[evaluations]] tables")  # fmt: skip
+        evals = [EvalSpec.from_dict(e, where=f"[[evaluations]] {i + 1}")
+                 for i, e in enumerate(self.evaluations)]  # fmt: skip
+        check_evaluations([e.to_dict() for e in evals])  # distinct names
+        for e in evals:
+            synthetic = self.dataset.path is None and self.dataset.name == "synthetic-arithmetic"
+            check(e.task != "arithmetic" or not synthetic or e.seed != self.dataset.seed,
+                  f"evaluation {e.name}: seed {e.seed} is the training data's (dataset.seed): it "
+                  "would test on training examples")  # fmt: skip
+
+    def run_evaluations(self) -> list[dict[str, Any]]:
+        """The evaluations as each run's ``spec.json`` holds them: every key, defaults filled in."""
+        return [EvalSpec.from_dict(e).to_dict() for e in self.evaluations]
 
     def backbone_refs(self) -> dict[str, dict[str, Any] | None]:
         """Every backbone reference, families expanded (smallest member first), with the inline
@@ -340,6 +399,11 @@ class SweepSpec(Config):
         runs to an existing directory."""
         data = self.to_dict()
         del data["budgets"], data["launch"]
+        # Where metrics are mirrored changes no result (and hashing it would change the identity of
+        # every sweep planned before report_to existed).
+        del data["train"]["report_to"]
+        if not data["evaluations"]:
+            del data["evaluations"]  # sweeps planned before evaluations existed keep their identity
         return digest(data)[:12]
 
 

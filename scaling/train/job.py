@@ -15,7 +15,8 @@ into the run directory:
 - ``metrics.parquet``: one ``train`` row per logged step (step, tokens, cumulative FLOPs from the
   planned FLOPs per token, mean train loss since the previous row, learning rate, gradient norm,
   tokens/s, peak memory — CUDA's peak allocation on GPU, the process's peak RSS on CPU, wall time)
-  and one ``eval`` row per held-out evaluation (periodic, and always at the last step). Rebuilt after
+  and one ``eval`` row per held-out evaluation (periodic, and always at the last step), plus one
+  ``task/<name>`` row per task evaluation the spec names (:mod:`scaling.train.tasks`). Rebuilt after
   every write from ``metrics.segments/``, where an unfinished run's rows are committed
   (:class:`~scaling.train.records.MetricsLog`); once the run succeeds it is the only record;
 - ``result.json``: status (``success | failed | diverged | cancelled``), final losses, planned vs
@@ -64,11 +65,10 @@ import polars as pl
 import torch
 
 from scaling import io, methods
-from scaling.arch import PRESET_HUB_IDS
 from scaling.errors import ScalingError
 from scaling.methods.backbone import compute_dtype, quiet_libraries
-from scaling.runspec import RESULT_FORMAT_VERSION, RunDir, open_run, recorded_config
-from scaling.train import data
+from scaling.runspec import RESULT_FORMAT_VERSION, RunDir, recorded_config
+from scaling.train import data, shards, tasks, tracking
 from scaling.train.objective import (
     evaluate,
     loss_kernel,
@@ -88,24 +88,10 @@ from scaling.train.records import (
     set_aside,
 )
 from scaling.train.signals import Progress, Signals
-from scaling.train.tokenizers import load_tokenizer
+from scaling.train.tokenizers import backbone_path, load_tokenizer
 
 SMOOTHING = 10  # steps averaged before comparing with diverge_ratio × the first loss
 KEEP_CHECKPOINTS = 2  # at least: an unreadable newest checkpoint falls back to the one before
-
-
-def backbone_path(ref: str) -> str:
-    """What ``from_pretrained`` should load for a planned backbone reference."""
-    if ref.lower() in PRESET_HUB_IDS:
-        return PRESET_HUB_IDS[ref.lower()]  # a preset is a shape; its weights live on the hub
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    if path.exists() and path.name == "config.json":
-        return str(path.parent.resolve())
-    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
-        return ref  # org/name: a hub id (network or a warm cache)
-    raise ScalingError(f"backbone not found: {ref} (no such model directory)")
 
 
 @dataclasses.dataclass
@@ -130,7 +116,7 @@ def train(
     A run that already succeeded is not trained again unless ``force`` (which starts it afresh).
     ``on_step(step)`` is called after each optimizer step (progress hooks, tests).
     """
-    run = open_run(run_dir)  # spec.json checked strictly: a hand edit cannot train nonsense
+    run = tracking.checked_run(run_dir)  # spec.json checked strictly, its trackers installed
     spec = run.spec
     fields = methods.config_class(spec["method"]).field_names()
     cfg = methods.config(spec["method"], **recorded_config(spec["method_config"], fields))
@@ -140,8 +126,9 @@ def train(
     # Bad input surfaces here, before the run directory is touched (the lock file included).
     backbone = backbone_path(spec["backbone"])
     tokens = _prepare_data(spec, backbone)
+    evals = tasks.prepare(spec.get("evaluations", []), load_tokenizer(backbone), spec["dataset"])
     with io.exclusive_lock(run.lock_path, f"run {spec['run_id']}"):
-        return _train_locked(run, cfg, backbone, tokens, force=force, on_step=on_step)
+        return _train_locked(run, cfg, backbone, tokens, force=force, on_step=on_step, evals=evals)
 
 
 def _previous_result(run: RunDir, force: bool) -> dict[str, Any] | None:
@@ -164,23 +151,24 @@ def _succeeded(result: dict[str, Any] | None) -> bool:
     return result is not None and result.get("status") == "success"
 
 
-def _prepare_data(spec: dict[str, Any], backbone: str) -> data.TokenData:
+def _prepare_data(spec: dict[str, Any], backbone: str) -> shards.RunData:
+    """The run's view of its dataset's token shards (prepared by ``scaling sweep``; built here, once
+    for all jobs, if the cache lacks them): read batch by batch, never whole."""
     tokenizer = load_tokenizer(backbone)
-    seqs_per_step = spec["batch_tokens"] // spec["seq_len"]
-    tokens = data.prepare(spec["dataset"], tokenizer, seq_len=spec["seq_len"],
-                          train_sequences=spec["steps"] * seqs_per_step,
-                          max_epochs=spec["dataset"].get("max_epochs"))  # fmt: skip
     vocab = spec.get("backbone_config", {}).get("vocab_size")
     if vocab is not None and len(tokenizer) > vocab:
         raise ScalingError(
             f"tokenizer of {backbone} has {len(tokenizer)} tokens, the model only {vocab} embeddings"
         )
-    return tokens
+    seqs_per_step = spec["batch_tokens"] // spec["seq_len"]
+    return shards.for_run(spec["dataset"], tokenizer, seq_len=spec["seq_len"],
+                          train_sequences=spec["steps"] * seqs_per_step,
+                          max_epochs=spec["dataset"].get("max_epochs"))  # fmt: skip
 
 
 def _train_locked(
-    run: RunDir, cfg: methods.MethodConfig, backbone: str, tokens: data.TokenData, *, force: bool,
-    on_step: Callable[[int], None] | None,
+    run: RunDir, cfg: methods.MethodConfig, backbone: str, tokens: shards.RunData, *, force: bool,
+    on_step: Callable[[int], None] | None, evals: list[tasks.TaskEval] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Everything that writes, under the run's lock (no other trainer can be writing)."""
     previous = _previous_result(run, force)  # again: another trainer may have finished it meanwhile
@@ -192,7 +180,7 @@ def _train_locked(
         discard_outputs(run.path)
     remove_stale_temporaries(run.path)
     quiet_libraries()
-    job = _Job(run, tokens)
+    job = _Job(run, tokens, evals)
     with Signals() as signals:
         try:
             job.metrics.open()
@@ -206,8 +194,9 @@ def _train_locked(
 class _Job:
     """The training loop of one run and everything it records."""
 
-    def __init__(self, run: RunDir, tokens: data.TokenData) -> None:
+    def __init__(self, run: RunDir, tokens: shards.RunData, evals: list | None = None) -> None:
         self.run, self.spec, self.tokens = run, run.spec, tokens
+        self.evals: list[tasks.TaskEval] = evals or []  # each logs its own row kind (task/<name>)
         self.started = time.time()
         self.steps: int = self.spec["steps"]
         self.micro: int = self.spec["micro_batch_size"]
@@ -218,7 +207,7 @@ class _Job:
         self.ckpt_seconds = 60.0 * float(t.get("checkpoint_every_minutes", 10.0))
         self.diverge_ratio = float(t.get("diverge_ratio", 4.0))
         self.keep = max(KEEP_CHECKPOINTS, int(t.get("keep_checkpoints", 1)))
-        self.metrics = MetricsLog(run.path)
+        self.metrics = MetricsLog(run.path, tracking.Tracker(run.spec, run.path))
         self.logging = False  # whether this process may write metrics (it knows where it resumed)
         self.rows: list[dict[str, Any]] = []  # this process's rows (earlier ones: self.metrics)
         self.skipped: list[str] = []  # unreadable checkpoints set aside when resuming
@@ -349,7 +338,7 @@ class _Job:
         if status == "success":  # the record is complete: what served to resume it can go
             shutil.rmtree(self.run.checkpoints, ignore_errors=True)
             self.metrics.compacted()
-        return io.read_json(self.run.result_path, "result file")  # as written (strict JSON)
+        return self.metrics.tracker.finish(io.read_json(self.run.result_path, "result file"))
 
     def _result(self, status: str, error: str | None, signal: str | None) -> dict[str, Any]:
         spec = self.spec
@@ -371,10 +360,10 @@ class _Job:
             "backbone_params": spec.get("backbone_params"),
             "wall_time_s": time.time() - self.started,
             "tokens_per_s": self._mean_throughput(), "peak_memory_bytes": peak_memory_bytes(),
-            "data": self.tokens.source, "train_sequences_available": len(self.tokens.train_ids),
+            "data": self.tokens.source, "train_sequences_available": self.tokens.n_train,
             "signal": signal, "skipped_checkpoints": self.skipped,
             "provenance": provenance(spec["seed"]) | {"precision": getattr(self, "precision", None)},
-        }  # fmt: skip
+        } | (tasks.summary(self.metrics.frame(self.rows), self.evals) if self.evals else {})  # fmt: skip
 
     def _mean_throughput(self) -> float | None:
         rows = self.metrics.frame(self.rows).filter(pl.col("kind") == "train")
@@ -395,10 +384,10 @@ class _Job:
 
     def _step(self) -> tuple[float, float]:
         """One optimizer step over ``batch_tokens`` tokens; returns (mean loss, grad norm)."""
-        idx = data.batch_indices(len(self.tokens.train_ids), seed=self.spec["seed"],
+        idx = data.batch_indices(self.tokens.n_train, seed=self.spec["seed"],
                                  start=self.state.step * self.seqs_per_step,
                                  count=self.seqs_per_step)  # fmt: skip
-        ids, labels = self.tokens.train_ids[idx], self.tokens.train_labels[idx]
+        ids, labels = self.tokens.batch(idx)
         n = max(1, n_labels(labels))  # normalise by the whole batch's labelled tokens
         total = 0.0
         for i in range(0, len(idx), self.micro):
@@ -464,6 +453,10 @@ class _Job:
                     self._row("eval", self.final_eval)
                     self.write_metrics()
                     progress.line(f"step {s.step}/{self.steps} eval loss {self.final_eval:.4f}")
+                for ev, r in tasks.due(self.evals, self.model, s.step, self.steps, self.eval_every):
+                    self._row(r.kind, r.loss, **r.columns())  # committed at once: never redone
+                    self.write_metrics()
+                    progress.line(f"step {s.step}/{self.steps} {ev.name}: {r.describe()}")
                 progress.step(row)
                 if on_step is not None:
                     on_step(s.step)

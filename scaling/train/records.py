@@ -29,21 +29,32 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import torch
 
 from scaling import io
 from scaling.errors import ScalingError, one_line
-from scaling.runspec import METRICS_FILE, RESULT_FILE
+from scaling.runspec import METRICS_FILE, RESULT_FILE, SPEC_FILE, check_spec, open_run
+
+if TYPE_CHECKING:
+    from scaling.train.tracking import Tracker
 
 METRIC_COLUMNS = {
     "kind": pl.String, "step": pl.Int64, "tokens": pl.Int64, "flops": pl.Float64,
     "loss": pl.Float64, "lr": pl.Float64, "grad_norm": pl.Float64, "tokens_per_s": pl.Float64,
     "peak_memory_bytes": pl.Int64, "wall_s": pl.Float64,
+    "accuracy": pl.Float64, "gen_tokens": pl.Float64, "examples": pl.Int64, "eval_flops": pl.Float64,
 }  # fmt: skip
-"""``metrics.parquet``: one ``train`` row per logged step and one ``eval`` row per evaluation."""
+"""``metrics.parquet``: one ``train`` row per logged step, one ``eval`` row per held-out loss
+evaluation and one ``task/<name>`` row per task evaluation (:mod:`scaling.train.tasks`: ``loss`` is
+its task loss, with ``accuracy``, ``gen_tokens``, ``examples`` and ``eval_flops``, the evaluation's
+own FLOPs; ``flops`` is, as in every row, the training FLOPs so far)."""
+TASK_COLUMNS = ("accuracy", "gen_tokens", "examples", "eval_flops")
+"""Added with task evaluations: metrics written before them lack these (read back as nulls)."""
+TASK_KIND = "task/"
+"""Prefix of a task evaluation's ``kind``: ``task/<evaluation name>``."""
 
 
 def peak_memory_bytes() -> int:
@@ -104,7 +115,9 @@ class MetricsLog:
     """The metrics of one run as this process sees them: earlier processes' rows, read once, and its
     own segment."""
 
-    def __init__(self, run_path: Path) -> None:
+    def __init__(self, run_path: Path, tracker: Tracker | None = None) -> None:
+        self.tracker = tracker
+        """Where every commit is mirrored (:mod:`scaling.train.tracking`): sent the rows as written."""
         self.dir = run_path / SEGMENTS
         self.table = run_path / METRICS_FILE
         self.earlier: list[tuple[int, int, pl.DataFrame]] = []  # (life, resumed from step, rows)
@@ -147,6 +160,9 @@ class MetricsLog:
         if self.earlier and not self.segments():  # adopt a pre-segments table as the first life
             life, first, frame = self.earlier[0]
             io.write_parquet(frame, self._path(life, first))
+        if self.tracker is not None:  # steps up to `committed` went to the trackers before
+            committed = max((f["step"].max() or 0 for _, _, f in self.earlier), default=0)
+            self.tracker.start(start, int(committed))
 
     def frame(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
         """The run's metrics: earlier processes' committed rows, then ``rows`` (this process's)."""
@@ -159,6 +175,8 @@ class MetricsLog:
                 pl.DataFrame(rows, schema=METRIC_COLUMNS), self._path(self.life, self.start)
             )
         io.write_parquet(self.frame(rows), self.table)
+        if self.tracker is not None:
+            self.tracker.log(rows)
 
     def compacted(self) -> None:
         """The run succeeded and ``metrics.parquet`` holds every row: the segments have served."""
@@ -173,10 +191,43 @@ def _read(path: Path, what: str) -> pl.DataFrame:
         frame = pl.read_parquet(path)
     except Exception as e:  # polars raises several types for a damaged file
         raise MetricsUnreadable(f"unreadable {what} {path}: {one_line(e)}") from None
+    frame = frame.with_columns(
+        pl.lit(None).alias(c) for c in TASK_COLUMNS if c not in frame.columns
+    )
     missing = [c for c in METRIC_COLUMNS if c not in frame.columns]
     if missing:
         raise MetricsUnreadable(f"{what} {path} lacks column(s) {', '.join(missing)}")
     return frame.select(list(METRIC_COLUMNS)).cast(METRIC_COLUMNS)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# Run options from the command line
+
+
+def set_train_options(run_dir: str | os.PathLike, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply ``scaling train --set train.KEY=VALUE`` overrides (:func:`scaling.config.parse_overrides`)
+    to the run's ``[train]`` table and record them in its ``spec.json``, under the run's lock (never
+    under a running trainer); return the spec as written. Only ``[train]``, how the job runs, may
+    change here: anything else would change the run's result under the same run id."""
+    run = open_run(run_dir)
+    other = [key for key in overrides if key != "train"]
+    if other:
+        raise ScalingError(
+            f"--set {other[0]}: `scaling train` changes only train.* (how the job runs); "
+            f"{other[0]} changes the run's result and id: re-plan with `scaling sweep --set`"
+        )
+    table = overrides.get("train")
+    if not isinstance(table, dict):
+        raise ScalingError("--set train: set its keys, e.g. --set train.log_every=5")
+    spec = {**run.spec, "train": {**run.spec["train"], **table}}
+    try:
+        check_spec(spec)
+    except ScalingError as e:
+        raise ScalingError(f"--set: {e}") from None
+    if spec != run.spec:
+        with io.exclusive_lock(run.lock_path, f"run {spec['run_id']}"):
+            io.write_json(run.path / SPEC_FILE, spec)
+    return spec
 
 
 # --------------------------------------------------------------------------------------------------
