@@ -27,6 +27,7 @@ from scaling.config import (
     check_choice,
     check_positive_int,
     check_positive_number,
+    merge_tables,
     read_toml,
 )
 from scaling.errors import ScalingError
@@ -417,17 +418,6 @@ def _expand(entry: str) -> list[tuple[str, dict[str, Any] | None]]:
 # Loading
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Tables merge key by key; anything else in ``over`` replaces what ``base`` holds."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _layers(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ScalingError(f"{path} extends itself (through {' → '.join(map(str, seen))})")
@@ -438,11 +428,13 @@ def _layers(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     base = _layers(path.parent / str(parent), (*seen, path.resolve()))
     base.pop("name", None)
-    return _merge(base, data)
+    return merge_tables(base, data)
 
 
 def load_spec(path: str | Path | None = None, **overrides: Any) -> SweepSpec:
     """The spec at ``path`` layered over the defaults (``None``: the built-in default spec)."""
     data = _layers(Path(path)) if path is not None else {}
-    data = _merge(data, overrides)
-    return SweepSpec.from_dict(_merge(SweepSpec().to_dict(), data), where=str(path or "defaults"))
+    data = merge_tables(data, overrides)
+    return SweepSpec.from_dict(
+        merge_tables(SweepSpec().to_dict(), data), where=str(path or "defaults")
+    )
