@@ -292,7 +292,9 @@ def main() -> None:
 
     path = Path(args.out) / "data.json"
     io.write_json(path, out)
-    render_readme(Path(args.out), HERE / "README.md")
+    # The README shows the committed results only, never a scratch run's.
+    if Path(args.out).resolve() == (HERE / "results").resolve():
+        render_readme(Path(args.out), HERE / "README.md")
     print(table(out))
     print(json.dumps({"written": str(path)}))
 
