@@ -244,10 +244,15 @@ def _run_status(path: Path, row: dict[str, Any], f: RunFiles,
         last_loss=p.loss, eval_loss=last_eval, error=error,
         log=record.get("log") or job.get("log"), submitted_at=record.get("submitted_at"),
         pid=lock_holder(path / RUN_LOCK) if locked else None,
-        eta_s=(max(_number(row.get("tokens")) - (tokens or 0), 0.0) / p.tokens_per_s
-               if state == "running" and p.tokens_per_s else None),
+        eta_s=_eta(state, _number(row.get("tokens")) - (tokens or 0), p.tokens_per_s),
         note="; ".join(x for x in (note, p.problem) if x) or None,
     )  # fmt: skip
+
+
+def _eta(state: str, tokens_left: float, rate: float | None) -> float | None:
+    """Seconds a running run has left at its observed rate; None when that is unknown, and when its
+    tokens are all done (it is evaluating or saving: its rate says nothing about that)."""
+    return tokens_left / rate if state == "running" and rate and tokens_left > 0 else None
 
 
 def _number(value: Any) -> float:

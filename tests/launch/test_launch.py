@@ -486,5 +486,10 @@ def test_status_shows_eta_of_a_running_run(run_dir, capsys):
         code, text, _ = cli("status", str(run_dir), capsys=capsys)
     assert code == 0 and " eta" in text.splitlines()[2]
     assert f"ends in ~{status.fmt_seconds(r.eta_s)}" in text
+    pl.DataFrame({"kind": ["train"], "tokens": [planned], "loss": [2.7],
+                  "tokens_per_s": [100.0]}).write_parquet(path / "metrics.parquet")  # fmt: skip
+    with exclusive_lock(path / RUN_LOCK, "the run"):  # every token done: evaluating, no ETA
+        r = next(r for r in status.collect(run_dir).runs if r.run_id == rid)
+    assert r.state == "running" and r.eta_s is None
     assert [status.fmt_seconds(x) for x in (None, 42, 1020, 11100, 187200)] == [
         "-", "42s", "17m", "3h05m", "2d04h"]  # fmt: skip
