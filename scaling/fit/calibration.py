@@ -65,6 +65,7 @@ import numpy as np
 import scipy.stats
 
 from scaling.fit.bootstrap import fit_method
+from scaling.fit.holdout import holdout_starts
 from scaling.fit.isoflop import fit_isoflop
 from scaling.fit.points import Points
 from scaling.fit.spec import FitSpec, HoldoutSpec, JointSpec
@@ -267,10 +268,13 @@ def calibrate(folds: list[Fold] | tuple[Fold, ...], approach: str, level: float)
 
 
 def fold_spec(spec: FitSpec, budget: float) -> FitSpec:
-    """``spec`` for one fold: predict ``budget``; no nested held-out check, no joint laws."""
+    """``spec`` for one fold: predict ``budget`` with ``holdout.rolling_resamples`` bootstrap
+    resamples (at most ``bootstrap.resamples``); no nested held-out check, no joint laws."""
+    resamples = min(spec.bootstrap.resamples, spec.holdout.rolling_resamples)
     return dataclasses.replace(
         spec,
         predict=[float(budget)],
+        bootstrap=dataclasses.replace(spec.bootstrap, resamples=resamples),
         holdout=HoldoutSpec(budgets=0),
         joint=JointSpec(enabled=False),
     )
@@ -300,10 +304,13 @@ def rolling_folds(
     max_folds: int | None = None,
     seed: int = 0,
     progress=None,
+    best: np.ndarray | None = None,
 ) -> tuple[Fold, ...]:
     """Every rolling-origin fold of ``points`` (module docstring): for each budget with an interior
     isoFLOP minimum and at least ``min_train`` budgets below it (the ``max_folds`` largest such, if
-    given), a refit on the budgets below and its prediction of that budget's L* per approach."""
+    given), a refit on the budgets below and its prediction of that budget's L* per approach.
+    ``best``: the full fit's approach-3 θ; given, each refit starts from it and a tenth of the grid
+    (:func:`scaling.fit.holdout.holdout_starts`, as the held-out check does) instead of the grid."""
     progress = progress or (lambda stage: None)
     optima = observed_optima(points, spec)
     targets = [g for g in sorted(optima) if g >= min_train]
@@ -317,7 +324,8 @@ def rolling_folds(
                     train_centre=centre(train.budgets), n_train_budgets=len(train.budgets),
                     observed=float(optima[g]))  # fmt: skip
         progress(f"held-out budget {c:.3g} (fit on {len(train.budgets)} budgets)")
-        out = fit_method(train, fold_spec(spec, c), seed=[seed, g])
+        starts = None if best is None else holdout_starts(spec, best)
+        out = fit_method(train, fold_spec(spec, c), seed=[seed, g], starts=starts)
         if isinstance(out, str):
             folds += [Fold(a, **base, reason=out) for a in APPROACHES]
             continue
@@ -342,6 +350,7 @@ def rolling_check(
     max_folds: int | None = None,
     seed: int = 0,
     progress=None,
+    best: np.ndarray | None = None,
 ) -> RollingCheck:
     """:func:`rolling_folds` and each approach's :func:`calibrate` over them."""
     level = spec.bootstrap.level
@@ -350,7 +359,7 @@ def rolling_check(
         reason = "the observed optimum is a budget's isoFLOP parabola: approach 2 is disabled"
         return RollingCheck(points.method, level, (), {}, reason)
     folds = rolling_folds(points, spec, min_train=min_train, max_folds=max_folds, seed=seed,
-                          progress=progress)  # fmt: skip
+                          progress=progress, best=best)  # fmt: skip
     if not folds:
         n = len(observed_optima(points, spec))
         reason = (f"no budget with an interior isoFLOP minimum has {min_train} budget(s) below it "

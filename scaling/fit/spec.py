@@ -132,10 +132,17 @@ class HoldoutSpec(Config):
     isoFLOP minimum and two budgets below it, refit on the smaller budgets and predict its L*; their
     errors give each interval's empirical coverage and widen the L* intervals of the predictions
     for a law that does not hold. Costs one refit (bootstrap included) per such budget."""
+    rolling_resamples: int = 200
+    """Bootstrap resamples of each rolling refit, at most ``bootstrap.resamples``. A fold's interval
+    is used only for its width and whether it holds the observed optimum; 200 resamples put the
+    ends of a 95% interval within a few per cent of their 1000-resample values (each tail has 5
+    resamples), at a fifth of the cost — the folds were half of a 10,000-run fit's time."""
 
     def __post_init__(self) -> None:
         check(isinstance(self.budgets, int) and self.budgets >= 0, "holdout.budgets ≥ 0")
         check(isinstance(self.rolling, bool), "holdout.rolling must be true or false")
+        check(isinstance(self.rolling_resamples, int) and not isinstance(self.rolling_resamples, bool)
+              and self.rolling_resamples >= 0, "holdout.rolling_resamples must be an integer ≥ 0")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -246,7 +246,8 @@ def task_names(curves: pl.DataFrame | None) -> list[str]:
     """The task evaluations logged in ``curves`` (kinds ``task/<name>``), sorted."""
     if curves is None or "kind" not in curves.columns or "accuracy" not in curves.columns:
         return []
-    kinds = curves.filter(pl.col("kind").str.starts_with(TASK_KIND))["kind"].unique().to_list()
+    kind = pl.col("kind").cast(pl.String)  # Categorical in a collected table
+    kinds = curves.filter(kind.str.starts_with(TASK_KIND))["kind"].unique().to_list()
     return sorted(k[len(TASK_KIND) :] for k in kinds)
 
 

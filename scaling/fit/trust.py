@@ -124,7 +124,9 @@ class Assessment:
 def assess(mf, spec: FitSpec, *, seed=0, min_train: int = 2, progress=None) -> Assessment:
     """:func:`rolling_check` on a MethodFit's points, its predictions' L* intervals widened by it,
     and :func:`trusted_approach` at every predicted budget."""
-    check = rolling_check(mf.points, spec, min_train=min_train, seed=seed, progress=progress)
+    best = mf.approach3.theta if mf.approach3 is not None else None
+    check = rolling_check(mf.points, spec, min_train=min_train, seed=seed, progress=progress,
+                          best=best)  # fmt: skip
     preds = []
     for q in mf.predictions:
         if q.approach not in APPROACHES or q.loss is None:
