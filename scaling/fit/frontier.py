@@ -54,6 +54,9 @@ class FrontierLaw:
     n_points: int
     objective: float | None = None
     ci: CI = dataclasses.field(default_factory=dict)
+    bound_hits: tuple[str, ...] = ()
+    """Parameters (``E``, ``A``, ``alpha``) on the optimiser's bound: E at its floor means the
+    points do not bend toward any irreducible loss, and the fit is a power law in disguise."""
 
     def __call__(self, C) -> np.ndarray:
         return self.E + self.A * np.asarray(C, dtype=float) ** -self.alpha
@@ -67,7 +70,7 @@ class FrontierLaw:
     def to_json(self) -> dict:
         return {"E": self.E, "A": self.A, "alpha": self.alpha, "form": self.form,
                 "n_points": self.n_points, "objective": self.objective,
-                "ci": ci_json(self.ci)}  # fmt: skip
+                "bound_hits": list(self.bound_hits), "ci": ci_json(self.ci)}  # fmt: skip
 
 
 MIN_SATURATING = 4
@@ -127,9 +130,9 @@ def fit_frontier_law(C, L, *, delta: float = laws.HUBER_DELTA) -> FrontierLaw:
     logC = np.log(C)[:, None]
     fit = laws.fit_lse(logC, np.log(L), frontier_starts(logC[:, 0], L), delta=delta, polish=2)
     a, alpha, e = fit.theta
-    return FrontierLaw(
-        float(np.exp(e)), float(np.exp(a)), float(alpha), "saturating", len(C), fit.objective
-    )
+    hits = tuple({"a1": "A", "alpha1": "alpha", "e": "E"}[h] for h in fit.bound_hits)
+    return FrontierLaw(float(np.exp(e)), float(np.exp(a)), float(alpha), "saturating", len(C),
+                       fit.objective, bound_hits=hits)  # fmt: skip
 
 
 def frontier_law_batch(

@@ -17,13 +17,20 @@ A law is *not identified* when any of these holds (each is a reason, reported in
 * the bootstrap interval of an exponent reaches or crosses zero (the sign of the trend is unknown);
 * the interval of a positive quantity spans more than a decade (a factor > 10 between its ends:
   the coefficient E, or the compute-optimal size N* at the middle budget);
-* most bootstrap resamples failed to produce the law (it exists only for a lucky draw of the runs).
+* most bootstrap resamples failed to produce the law (it exists only for a lucky draw of the runs);
+* a point estimate lies outside its own bootstrap interval: the fits to resampled runs land
+  elsewhere than the fit to all of them — the estimate sits on a boundary of the parameter space
+  (E at its floor, say, where resamples can only move one way) or in one of several basins, and a
+  percentile interval is then not a confidence interval for it (Andrews 2000, *Econometrica*
+  68:399, on the bootstrap's failure at a boundary).
 
 The thresholds are deliberately loose: they flag what is unknown, not what is merely imprecise.
 Without a bootstrap only the bound test applies.
 """
 
 from __future__ import annotations
+
+import math
 
 DECADE = 10.0
 NAMES = {"alpha": "α", "beta": "β", "e": "E", "a": "A", "b": "B", "loss_exponent": "γ"}
@@ -39,6 +46,16 @@ def _over_a_decade(ci: tuple[float, float] | None) -> bool:
 
 def _fmt(ci: tuple[float, float]) -> str:
     return f"[{ci[0]:.3g}, {ci[1]:.3g}]"
+
+
+def _outside(what: str, value: float | None, ci: tuple[float, float] | None, pct: str) -> list[str]:
+    """The reason when ``value`` lies outside its own interval ``ci`` (module docstring)."""
+    if value is None or ci is None or not all(map(math.isfinite, (value, *ci))):
+        return []
+    if ci[0] <= value <= ci[1]:
+        return []
+    return [f"{what} = {value:.3g} lies outside its own {pct} interval {_fmt(ci)}: the resampled "
+            "fits land elsewhere (a parameter on a boundary, or another basin)"]  # fmt: skip
 
 
 def _failed(info: dict | None) -> list[str]:
@@ -69,6 +86,10 @@ def approach3_reasons(a3, info: dict | None, level: float = 0.95) -> list[str]:
         reasons.append(f"the N*(C) exponent's {pct} interval {_fmt(a3.n_opt.ci['a'])} reaches zero")
     if _over_a_decade(a3.ci.get("E")):
         reasons.append(f"E's {pct} interval {_fmt(a3.ci['E'])} spans more than a decade")
+    for key, value in (("alpha", a3.alpha), ("beta", a3.beta), ("E", a3.E)):
+        reasons += _outside(NAMES.get(key.lower(), key), value, a3.ci.get(key), pct)
+    if a3.n_opt is not None:
+        reasons += _outside("the N*(C) exponent", a3.n_opt.a, a3.n_opt.ci.get("a"), pct)
     return reasons + _failed(info)
 
 
@@ -84,9 +105,17 @@ def power_law_reasons(fit, band: tuple[float, float] | None, info: dict | None,
         reasons.append(
             f"the N*(C) exponent's {pct} interval {_fmt(fit.n_opt.ci['a'])} reaches zero"
         )
+    reasons += _outside("the N*(C) exponent", fit.n_opt.a, fit.n_opt.ci.get("a"), pct)
     loss = getattr(fit, "loss", None)
     if loss is not None and _reaches_zero(loss.ci.get("alpha")):
         reasons.append(f"the L*(C) exponent's {pct} interval {_fmt(loss.ci['alpha'])} reaches zero")
+    if loss is not None:
+        for name in getattr(loss, "bound_hits", ()):
+            value = {"E": loss.E, "A": loss.A, "alpha": loss.alpha}[name]
+            reasons.append(f"the L*(C) law's {NAMES.get(name.lower(), name)} sits at its bound "
+                           f"({value:.3g})" + (": the optimal losses do not bend toward a floor"
+                                               if name == "E" else ""))  # fmt: skip
+        reasons += _outside("the L*(C) exponent γ", loss.alpha, loss.ci.get("alpha"), pct)
     if _over_a_decade(band):
         reasons.append(f"N* at the middle budget has a {pct} interval {_fmt(band)} spanning more "
                        "than a decade")  # fmt: skip

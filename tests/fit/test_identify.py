@@ -75,8 +75,10 @@ def test_an_exact_law_is_identified(tmp_path):
 
 
 class _Law:
-    def __init__(self, ci, a=1.0):
+    def __init__(self, ci, a=0.2, **values):
         self.ci, self.a = ci, a
+        self.E, self.A, self.alpha, self.bound_hits = 0.5, 1.0, 0.1, ()
+        self.__dict__.update(values)
 
 
 class _A3:
@@ -89,10 +91,10 @@ class _A3:
 def test_each_reason():
     assert approach3_reasons(_A3({}), None) == []
     assert approach3_reasons(_A3({}, ("e",)), None) == ["E sits at its bound (1e-11)"]
-    r = approach3_reasons(_A3({"alpha": (0.0, 0.5), "E": (0.1, 2.0)}), {"resamples": 10,
-                                                                         "failed": 6})  # fmt: skip
+    r = approach3_reasons(_A3({"alpha": (0.0, 0.5), "E": (1e-12, 2.0)}), {"resamples": 10,
+                                                                           "failed": 6})  # fmt: skip
     assert r == ["α's 95% interval [0, 0.5] reaches zero",
-                 "E's 95% interval [0.1, 2] spans more than a decade",
+                 "E's 95% interval [1e-12, 2] spans more than a decade",
                  "6 of 10 bootstrap resamples failed"]  # fmt: skip
 
     class _PL:
@@ -103,3 +105,37 @@ def test_each_reason():
     assert r == ["the N*(C) exponent's 95% interval [-0.1, 0.2] reaches zero",
                  "N* at the middle budget has a 95% interval [1e+06, 2e+07] spanning more than a "
                  "decade"]  # fmt: skip
+
+
+def test_an_estimate_outside_its_own_interval_or_a_floor_at_its_bound_is_a_reason():
+    """The quickstart's Ladder approach 2: E of L*(C) at its floor, γ = 0.0642 and its percentile
+    interval [0.0662, 5] — every resample bent away from the pure power law the point fit is."""
+    r = approach3_reasons(_A3({"beta": (0.25, 0.4)}), None)
+    assert r == ["β = 0.2 lies outside its own 95% interval [0.25, 0.4]: the resampled fits land "
+                 "elsewhere (a parameter on a boundary, or another basin)"]  # fmt: skip
+
+    class _PL:
+        n_opt = _Law({"a": (0.1, 0.3)})
+        loss = _Law({"alpha": (0.0662, 5.0)}, E=1.39e-11, alpha=0.0642, bound_hits=("E",))
+
+    r = power_law_reasons(_PL(), None, None)
+    assert r == ["the L*(C) law's E sits at its bound (1.39e-11): the optimal losses do not bend "
+                 "toward a floor",
+                 "the L*(C) exponent γ = 0.0642 lies outside its own 95% interval [0.0662, 5]: the "
+                 "resampled fits land elsewhere (a parameter on a boundary, or another basin)"]  # fmt: skip
+    _PL.n_opt = _Law({"a": (0.3, 0.5)})
+    _PL.loss = _Law({"alpha": (0.05, 0.2)})
+    assert power_law_reasons(_PL(), None, None) == [
+        "the N*(C) exponent = 0.2 lies outside its own 95% interval [0.3, 0.5]: the resampled fits "
+        "land elsewhere (a parameter on a boundary, or another basin)"]  # fmt: skip
+
+
+def test_the_frontier_law_reports_its_floor_on_the_bound():
+    from scaling.fit.frontier import fit_frontier_law
+
+    # the quickstart's Ladder isoFLOP minima: they bend away from any floor
+    C = np.array([1.50311088e10, 4.01061961e10, 1.10137162e11, 2.99988414e11])
+    law = fit_frontier_law(C, np.array([0.86633569, 0.83565979, 0.76801931, 0.71872951]))
+    assert law.bound_hits == ("E",) and law.E < 1e-10
+    C = np.geomspace(1e10, 1e12, 5)
+    assert fit_frontier_law(C, 1.5 + 40.0 * C**-0.15).bound_hits == ()
