@@ -459,10 +459,14 @@ def _run_curves(points: Points, curves, spec: FitSpec):
         raise ScalingError(f"metrics table lacks column(s) {', '.join(sorted(missing))}")
     ids = [str(r) for r in points.run_id]
     index = pl.DataFrame({"run_id": ids, "__row": np.arange(len(ids), dtype=np.int64)})
-    index = index.with_columns(pl.col("run_id").cast(curves.schema["run_id"]))
+    rid = pl.col("run_id")
+    if curves.schema["run_id"] in (pl.String, pl.Categorical):  # joined as they are (4 bytes a row)
+        index = index.with_columns(rid.cast(curves.schema["run_id"]))
+    else:  # run ids of another type (a user's table): compared as text, as the points hold them
+        rid = rid.cast(pl.String)
     df = (
         curves.lazy()
-        .select("run_id", "kind", "step", "flops", "loss", "tokens")
+        .select(rid, "kind", "step", "flops", "loss", "tokens")
         .filter(pl.col("kind") == s.curve)
         .join(index.lazy(), on="run_id", how="inner")
         .filter(

@@ -47,6 +47,29 @@ def test_curves_carry_run_ids(sweep_dir):
     assert set(c.curves["run_id"]) == finished
 
 
+def test_curves_hold_run_ids_and_kinds_as_categories_and_read_the_same_as_text(sweep_dir):
+    """At 10⁷ rows a string per row is ~0.3 GiB: the collected curves keep run_id and kind as
+    Categorical (also through the cache), and what the fit reads from them is what it reads from
+    the same table with text columns (a table given as a file)."""
+    from scaling.fit.bootstrap import _run_curves
+    from scaling.fit.points import Columns, prepare
+
+    cold = collect.collect(sweep_dir, cache=True)
+    warm = collect.collect(sweep_dir, cache=True)
+    for c in (cold, warm):
+        assert c.curves.schema["run_id"] == pl.Categorical == c.curves.schema["kind"]
+    text = cold.curves.with_columns(pl.col("run_id", "kind").cast(pl.String))
+    spec = FitSpec(loss="last_k_eval", last_k=2)
+    assert collect.add_last_k(cold.runs, cold.curves, 2).equals(
+        collect.add_last_k(cold.runs, text, 2)
+    )
+    points = prepare(cold.table(spec), spec, Columns.for_runs(spec)).points
+    for pts in points.values():
+        a, b = _run_curves(pts, cold.curves, spec), _run_curves(pts, text, spec)
+        assert len(a[0]) >= 2 and list(a[0]) == list(b[0])
+        assert (a[1] == b[1]).all() and (a[2] == b[2]).all()
+
+
 def test_last_k_eval_loss(sweep_dir):
     c = collect.collect(sweep_dir, cache=False)
     t = c.table(FitSpec(loss="last_k_eval", last_k=2))
