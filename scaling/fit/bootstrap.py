@@ -22,12 +22,10 @@ from scaling.fit import laws
 from scaling.fit.approach3 import fit_approach3, grid_starts, law_grid, outliers
 from scaling.fit.frontier import (
     ENVELOPE_MIN_RUNS,
-    curve_grid,
     envelope,
     fit_frontier_law,
     fit_power_law,
     frontier_law_batch,
-    interpolate_curves,
     optimal_allocation,
     power_law_batch,
 )
@@ -35,7 +33,7 @@ from scaling.fit.holdout import holdout
 from scaling.fit.identify import ADVICE, approach3_reasons, power_law_reasons
 from scaling.fit.isoflop import OK, IsoFLOPFit, fit_isoflop, isoflop_batch
 from scaling.fit.joint import fit_joint
-from scaling.fit.points import Exclusion, Points
+from scaling.fit.points import Exclusion, Points, run_curves
 from scaling.fit.results import (
     ChinchillaFit,
     EnvelopeFit,
@@ -91,7 +89,7 @@ def fit_method(
     runs_curves = None
     if curves is not None and spec.approach1.enabled:
         progress("approach 1")
-        runs_curves = _run_curves(points, curves, spec)
+        runs_curves = run_curves(points, curves, spec)
         if len(runs_curves[0]) >= 2:
             a1 = _fit_envelope(points, runs_curves, spec)
         else:
@@ -441,54 +439,6 @@ def _optimal_params(a2, a3, spec, ident, size_axis) -> tuple[OptimalParams | Non
 
 # --------------------------------------------------------------------------------------------------
 # Approach 1
-
-
-def _run_curves(points: Points, curves, spec: FitSpec):
-    """(row indices into points, grid, L matrix, D matrix) from a per-step metrics table.
-
-    One polars query over the whole table (only the five columns used, the kind and runs wanted,
-    each run's first ``skip_fraction`` of steps dropped against its own last step) and one sort,
-    then each run's arrays are slices of three numpy columns: at 10⁷ rows a filtered copy of every
-    column and a frame per run cost ~0.4 GiB and a second."""
-    import polars as pl
-
-    s = spec.approach1
-    need = {"run_id", "kind", "step", "flops", "tokens", "loss"}
-    missing = need - set(curves.columns)
-    if missing:
-        raise ScalingError(f"metrics table lacks column(s) {', '.join(sorted(missing))}")
-    ids = [str(r) for r in points.run_id]
-    index = pl.DataFrame({"run_id": ids, "__row": np.arange(len(ids), dtype=np.int64)})
-    rid = pl.col("run_id")
-    if curves.schema["run_id"] in (pl.String, pl.Categorical):  # joined as they are (4 bytes a row)
-        index = index.with_columns(rid.cast(curves.schema["run_id"]))
-    else:  # run ids of another type (a user's table): compared as text, as the points hold them
-        rid = rid.cast(pl.String)
-    df = (
-        curves.lazy()
-        .select(rid, "kind", "step", "flops", "loss", "tokens")
-        .filter(pl.col("kind") == s.curve)
-        .join(index.lazy(), on="run_id", how="inner")
-        .filter(
-            (pl.col("step") > s.skip_fraction * pl.col("step").max().over("__row"))
-            & (pl.col("flops") > 0) & (pl.col("loss") > 0) & (pl.col("tokens") > 0)
-            & pl.col("loss").is_finite()
-        )
-        .select("__row", "step", *(pl.col(c).cast(pl.Float64) for c in ("flops", "loss", "tokens")))
-        .sort("__row", "step")
-        .collect()
-    )  # fmt: skip
-    row = df["__row"].to_numpy()
-    cols = [df[c].to_numpy() for c in ("flops", "loss", "tokens")]
-    rows, first, counts = np.unique(row, return_index=True, return_counts=True)
-    keep = counts >= 2
-    rows, first, counts = rows[keep], first[keep], counts[keep]
-    data = [tuple(c[a : a + n] for c in cols) for a, n in zip(first, counts, strict=True)]
-    if len(rows) < 2:
-        return list(rows), None, None, None
-    grid = curve_grid(data, s.points)
-    Lm, Dm = interpolate_curves(data, grid)
-    return rows, grid, Lm, Dm
 
 
 def _fit_envelope(points: Points, runs_curves, spec: FitSpec) -> EnvelopeFit:

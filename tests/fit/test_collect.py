@@ -51,8 +51,7 @@ def test_curves_hold_run_ids_and_kinds_as_categories_and_read_the_same_as_text(s
     """At 10⁷ rows a string per row is ~0.3 GiB: the collected curves keep run_id and kind as
     Categorical (also through the cache), and what the fit reads from them is what it reads from
     the same table with text columns (a table given as a file)."""
-    from scaling.fit.bootstrap import _run_curves
-    from scaling.fit.points import Columns, prepare
+    from scaling.fit.points import Columns, prepare, run_curves
 
     cold = collect.collect(sweep_dir, cache=True)
     warm = collect.collect(sweep_dir, cache=True)
@@ -65,7 +64,7 @@ def test_curves_hold_run_ids_and_kinds_as_categories_and_read_the_same_as_text(s
     )
     points = prepare(cold.table(spec), spec, Columns.for_runs(spec)).points
     for pts in points.values():
-        a, b = _run_curves(pts, cold.curves, spec), _run_curves(pts, text, spec)
+        a, b = run_curves(pts, cold.curves, spec), run_curves(pts, text, spec)
         assert len(a[0]) >= 2 and list(a[0]) == list(b[0])
         assert (a[1] == b[1]).all() and (a[2] == b[2]).all()
 
