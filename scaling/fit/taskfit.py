@@ -9,10 +9,12 @@ accuracy vs compute, with bootstrap intervals, a held-out check and predictions.
 Chained: the accuracy at compute C is Acc(L*(C)), L*(C) = min over N of L(N, C/F(N)) with the runs'
 own FLOPs per token F(N) (:func:`scaling.fit.frontier.optimal_allocation`); Acc is decreasing in L, so
 this is also the most accurate allocation the law knows. Intervals: the runs are resampled within each
-isoFLOP budget (:func:`scaling.fit.bootstrap.resample_weights`) and both steps refitted on each
-resample (a run's evaluations travel with it). Held-out check: both steps refitted without the largest
-budget(s), the held-out runs' accuracies predicted from their N and D (mean absolute error in accuracy
-points, signed bias, and the task loss's MAPE).
+isoFLOP budget (:func:`scaling.fit.bootstrap.resample_weights`) and both steps refitted on every
+resample at once (a run's evaluations travel with it: its counts weight them). Each step is then
+checked for identification (:mod:`scaling.fit.taskident`): a step the data do not pin down is marked
+NOT IDENTIFIED with its reasons, and no accuracy is then reported as a result. Held-out check: both
+steps refitted without the largest budget(s), the held-out runs' accuracies predicted from their N and
+D (mean absolute error in accuracy points, signed bias, and the task loss's MAPE).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from scaling.errors import ScalingError
 from scaling.fit.bootstrap import interval, resample_weights
 from scaling.fit.frontier import FlopsModel, fit_flops_model, optimal_allocation
 from scaling.fit.points import Points
+from scaling.fit.taskident import step1_reasons, step2_reasons
 from scaling.fit.tasklaw import (
     CURVE_POINTS,
     STEP1_NAMES,
@@ -38,10 +41,11 @@ from scaling.fit.tasklaw import (
     TaskLossLaw,
     fit_sigmoid,
     fit_task_loss,
+    refit_step1,
+    refit_step2,
     screen_starts,
     sigmoid,
-    solve_step1,
-    solve_step2,
+    step2_starts,
     task_data,
     task_names,
 )
@@ -94,7 +98,15 @@ class TaskFit:
     holdout: TaskHoldout | None
     predictions: tuple[dict[str, Any], ...] = ()
     bootstrap: dict[str, int] = dataclasses.field(default_factory=dict)
-    notes: tuple[str, ...] = ()
+    identification: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """Why each step (``step1``, ``step2``) is not identified
+    (:func:`scaling.fit.taskident.step1_reasons`, :func:`~scaling.fit.taskident.step2_reasons`); []
+    when it is. The chained accuracy, its band and the predicted accuracies hold only when both are."""
+
+    @property
+    def identified(self) -> bool:
+        """Both steps identified: the accuracy-vs-compute law is a result."""
+        return not any(self.identification.values())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,7 +120,8 @@ class TaskFit:
             "curve": {k: np.asarray(v).tolist() for k, v in self.curve.items()},
             "holdout": self.holdout and self.holdout.to_json(),
             "predictions": list(self.predictions), "bootstrap": self.bootstrap,
-            "notes": list(self.notes),
+            "identified": {k: not v for k, v in self.identification.items()},
+            "not_identified": {k: v for k, v in self.identification.items() if v},
         }  # fmt: skip
 
 
@@ -140,14 +153,9 @@ def fit_task(points: Points, curves: pl.DataFrame, task: str, spec, *, seed=0) -
     grid = np.geomspace(lo_c, hi_c * 3, CURVE_POINTS)
     Nc, Dc, Lc = optimal_allocation(step1.theta, fm, grid)
     curve = {"C": grid, "N": Nc, "D": Dc, "L": Lc, "acc": step2.predict(Lc)}
-    notes = []
-    if step1.bound_hits:
-        notes.append(f"step 1 on a bound: {', '.join(step1.bound_hits)}")
-    if step2.bound_hits:
-        notes.append(f"step 2 on a bound: {', '.join(step2.bound_hits)}")
     boot = _bootstrap(data, step1, step2, fm, grid, spec, seed)
+    level = spec.bootstrap.level
     if boot["thetas"] is not None:
-        level = spec.bootstrap.level
         step1 = dataclasses.replace(step1, ci=_cis(boot["thetas"], STEP1_NAMES, level, step1=True))
         step2 = dataclasses.replace(step2, ci=_cis(boot["sig"], STEP2_NAMES, level))
         for key, s in (("L", boot["L"]), ("acc", boot["acc"])):
@@ -164,12 +172,21 @@ def fit_task(points: Points, curves: pl.DataFrame, task: str, spec, *, seed=0) -
             q["ci"] = {"loss": interval(bl[:, 0], spec.bootstrap.level),
                        "accuracy": interval(bacc, spec.bootstrap.level)}  # fmt: skip
         predictions.append(q)
+    R = boot["resamples"]
+    ident = {
+        "step1": step1_reasons(step1, float(data.loss.min()), failed=boot["failed_step1"],
+                               resamples=R, level=level),
+        "step2": step2_reasons(step2, data.pair_loss, data.pair_acc, failed=boot["failed_step2"],
+                               resamples=R, level=level),
+    }  # fmt: skip
+    for q in predictions:  # the chained accuracy holds only where both steps do
+        q["identified"] = not any(ident.values())
     return TaskFit(
         task=task, method=p.method, run_id=p.run_id, C=p.C, N=p.N, D=p.D, loss=data.loss,
         accuracy=data.accuracy, pairs=len(data.pair_loss), step1=step1, step2=step2, flops=fm,
         curve=curve, budgets=p.budgets, holdout=_holdout(data, spec),
         predictions=tuple(predictions),
-        bootstrap={"resamples": boot["resamples"], "failed": boot["failed"]}, notes=tuple(notes),
+        bootstrap={"resamples": R, "failed": boot["failed"]}, identification=ident,
     )  # fmt: skip
 
 
@@ -191,33 +208,39 @@ def _take(p: Points, idx: np.ndarray) -> Points:
 
 
 def _bootstrap(data, step1, step2, fm, grid, spec, seed) -> dict[str, Any]:
-    """Both steps refitted on runs resampled within each budget: from the point estimate and
-    ``bootstrap.starts`` grid starts (step 1), from the point estimate and the default starts (step 2)."""
+    """Both steps refitted on runs resampled within each budget, every resample at once
+    (:func:`scaling.fit.tasklaw.refit_step1`, :func:`~scaling.fit.tasklaw.refit_step2`: the same
+    objectives and starts as the former one-by-one scipy refits, which ``bench/task_bootstrap.py``
+    times against them on the same draws). Step 1 starts from the point
+    estimate and ``bootstrap.starts`` of the grid's screened starts drawn per resample; step 2 from
+    the point estimate and curve_fit's default starts. A resample fails when a step has no finite
+    optimum, or when its evaluations' accuracies do not vary (no sigmoid)."""
     R = min(spec.bootstrap.resamples, spec.tasks.resamples)
-    out: dict[str, Any] = {"resamples": R, "failed": 0, "thetas": None}
+    out: dict[str, Any] = {"resamples": R, "failed": 0, "failed_step1": 0, "failed_step2": 0,
+                           "thetas": None}  # fmt: skip
     if R == 0:
         return out
     rng = np.random.default_rng(seed)
     W = resample_weights(data.points, R, rng)
     screened = screen_starts(data.points.N, data.points.D, data.loss, spec.tasks.delta)
-    thetas, sigs = [], []
-    for w in W:
-        d = _resample(data, w)
-        extra = screened[
-            rng.choice(len(screened), min(spec.bootstrap.starts, len(screened)), replace=False)
-        ]
-        s1 = solve_step1(d.points.N, d.points.D, d.loss, np.vstack([step1.theta, extra]),
-                          spec.tasks.delta)  # fmt: skip
-        p0 = np.array([step2.a, step2.k, step2.L0, step2.b])
-        s2 = solve_step2(d.pair_loss, d.pair_acc, p0) if np.ptp(d.pair_acc) > 0 else None
-        if s1 is None or s2 is None:
-            out["failed"] += 1
-            continue
-        thetas.append(s1[0])
-        sigs.append(s2[0])
-    if len(thetas) < 10:
+    k = min(spec.bootstrap.starts, len(screened))
+    starts = np.stack([np.vstack([step1.theta, screened[rng.choice(len(screened), k, replace=False)]])
+                       for _ in range(R)])  # fmt: skip
+    th, _ = refit_step1(data.points.N, data.points.D, data.loss, W, starts, spec.tasks.delta)
+    Wp = W[:, data.pair_run]  # a pair counts as often as its run was drawn
+    p0 = np.array([step2.a, step2.k, step2.L0, step2.b])
+    sg, _ = refit_step2(data.pair_loss, data.pair_acc, Wp,
+                        np.vstack([p0, step2_starts(data.pair_loss, data.pair_acc)]))  # fmt: skip
+    drawn = Wp > 0
+    flat = (np.where(drawn, data.pair_acc, -np.inf).max(axis=1)
+            <= np.where(drawn, data.pair_acc, np.inf).min(axis=1))  # fmt: skip
+    ok1, ok2 = np.isfinite(th).all(axis=1), np.isfinite(sg).all(axis=1) & ~flat
+    ok = ok1 & ok2
+    out |= {"failed": int((~ok).sum()), "failed_step1": int((~ok1).sum()),
+            "failed_step2": int((~ok2).sum())}  # fmt: skip
+    if ok.sum() < 10:
         return out
-    th, sg = np.array(thetas), np.array(sigs)
+    th, sg = th[ok], sg[ok]
     _, _, L = optimal_allocation(th, fm, grid)
     acc = sigmoid(L, sg[:, 0, None], sg[:, 1, None], sg[:, 2, None], sg[:, 3, None])
     return out | {"thetas": th, "sig": sg, "L": L, "acc": acc}
@@ -342,9 +365,18 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
             for r in [header, *rows]]  # fmt: skip
 
 
+STEPS = {"step1": "step 1 (task loss L(N, D))", "step2": "step 2 (sigmoid Acc(L))"}
+
+
+def _law(f: TaskFit) -> str:
+    bad = [k[-1] for k in ("step1", "step2") if f.identification.get(k)]
+    return "identified" if not bad else f"NOT IDENTIFIED (step {', '.join(bad)})"
+
+
 def summary_lines(tasks: TaskReport | None) -> list[str]:
-    """The summary's task-law block: both steps per task and method with their intervals, the
-    held-out check and predictions; nothing when the runs logged no task evaluation."""
+    """The summary's task-law block: both steps per task and method with their intervals, whether
+    each is identified (and why not), the held-out check and predictions (the accuracy only where
+    both steps are identified); nothing when the runs logged no task evaluation."""
     if tasks is None:
         return []
     lines = ["", "task laws (Bhagia et al. 2024): task loss L(N, D) = E + A/N^α + B/D^β, then "
@@ -360,21 +392,30 @@ def summary_lines(tasks: TaskReport | None) -> list[str]:
                 _g(s2.L0, 4) + _ci(s2.ci, "L0", 4), _g(s2.b) + _ci(s2.ci, "b"), f"{s2.rmse:.3f}",
                 "-" if h is None or h.mae is None else f"{h.mae:.3f} / {h.bias:+.3f}",
                 "-" if h is None or h.loss_mape is None else f"{h.loss_mape:.2%}",
-                "; ".join([*f.notes, *([h.reason] if h is not None and h.reason else [])]),
+                _law(f), h.reason if h is not None and h.reason else "",
             ))  # fmt: skip
         lines += ["", f"task {task}:"]
         if rows:
             lines += _table(("method", "runs", "evals", "E", "α", "β", "a", "k", "L0", "b",
-                             "acc rmse", "held-out acc MAE / bias", "held-out L MAPE", "note"),
-                            rows)  # fmt: skip
+                             "acc rmse", "held-out acc MAE / bias", "held-out L MAPE", "law",
+                             "note"), rows)  # fmt: skip
+        unknown = [(m, step, r) for m, f in tasks.fits.get(task, {}).items()
+                   for step, rs in f.identification.items() for r in rs]  # fmt: skip
+        if unknown:
+            lines.append("  not identified (the data do not pin these steps down; a step-2 law "
+                         "gives no accuracy vs compute):")  # fmt: skip
+            lines += [f"    {m} {STEPS[step]}: {r}" for m, step, r in unknown]
         lines += [f"  {m}: no task law — {why}" for m, why in tasks.skipped.get(task, {}).items()]
         for m, f in tasks.fits.get(task, {}).items():
+            s1_ok, s2_ok = (not f.identification.get(k) for k in ("step1", "step2"))
             for q in f.predictions:
                 ci = q.get("ci") or {}
                 lines.append(
                     f"  {m} at C={_g(q['C'])}: N*={_g(q['n_opt'])}, task loss "
-                    f"{_g(q['loss'], 4)}{_ci(ci, 'loss', 4)}, accuracy "
-                    f"{_g(q['accuracy'])}{_ci(ci, 'accuracy')}"
+                    f"{_g(q['loss'], 4)}{_ci(ci, 'loss', 4)}"
+                    + ("" if s1_ok else " (step 1 NOT IDENTIFIED)") + ", accuracy "
+                    + (f"{_g(q['accuracy'])}{_ci(ci, 'accuracy')}" if s1_ok and s2_ok
+                       else "not given (a step is NOT IDENTIFIED)")
                     + (" (extrapolated)" if q["extrapolated"] else "")
                 )  # fmt: skip
     return lines

@@ -21,7 +21,10 @@ Bhagia et al. 2024, "Establishing Task Scaling Laws via Compute-Efficient Model 
    ``tasks.intermediate`` (the paper also fits this step on intermediate checkpoints: the mapping does
    not depend on how a loss was reached), else the final ones. Accuracy falls with loss: k ≤ 0.
 
-Chained into accuracy vs compute, with intervals and a held-out check, by :mod:`scaling.fit.taskfit`.
+The bootstrap refits both steps on many resamples at once (:func:`refit_step1`, :func:`refit_step2`):
+the same objectives, weighted by the resample's counts, by the loss laws' batched L-BFGS. Chained into
+accuracy vs compute, with intervals and a held-out check, by :mod:`scaling.fit.taskfit`; whether each
+step is identified, by :mod:`scaling.fit.taskident`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import polars as pl
 import scipy.optimize
 import scipy.special
 
+from scaling.fit import laws
+from scaling.fit.lbfgs import blas_single_threaded, lbfgs_batched
 from scaling.fit.points import Points
 
 TASK_KIND = "task/"
@@ -51,6 +56,11 @@ STEP1_GRID = {"alpha": (0.25, 0.75, 1.5), "e": (-1.0, 0.0, 1.0), "a": (0.0, 10.0
 REFINED_STARTS = 16
 """Grid starts refined by least_squares for a point estimate (the best by the grid's objective)."""
 CURVE_POINTS = 40
+REFIT_MAXITER = 500
+"""Iteration cap of the bootstrap's batched refits (:func:`refit_step1`, :func:`refit_step2`): started
+from the point estimate a resample converges in tens of iterations; the cap stops only a resample
+crawling along a flat valley of a law the data do not pin down (then flagged:
+:func:`scaling.fit.taskident.step2_reasons`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,13 +212,7 @@ def _step2_bounds(L, acc):
 
 def solve_step2(L, acc, p0=None) -> tuple[np.ndarray, float] | None:
     lower, upper = _step2_bounds(L, acc)
-    span = max(float(np.ptp(L)), 1e-6)
-    starts = [p0] if p0 is not None else []
-    # the transition in the middle of the data, or at either end of it (accuracies near chance or
-    # near saturation show only one half of the sigmoid)
-    height = max(float(np.ptp(acc)), 0.05)
-    for mid in (np.median(L), L.min(), L.max()):
-        starts.append(np.array([height, -4.0 / span, mid, float(acc.min())]))
+    starts = ([p0] if p0 is not None else []) + list(step2_starts(L, acc))
     best = None
     for x0 in starts:
         x0 = np.clip(x0, lower + 1e-9 * (upper - lower), upper - 1e-9 * (upper - lower))
@@ -236,6 +240,107 @@ def fit_sigmoid(L, acc) -> SigmoidLaw:
     return SigmoidLaw(a=float(p[0]), k=float(p[1]), L0=float(p[2]), b=float(p[3]),
                       n_points=len(L), rmse=float(np.sqrt(sse / len(L))),
                       bound_hits=_bound_hits(p, lower, upper, STEP2_NAMES))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Both steps refitted on many resamples at once (the bootstrap)
+
+
+@blas_single_threaded
+def refit_step1(N, D, L, weights: np.ndarray, starts: np.ndarray, delta: float,
+                maxiter: int = REFIT_MAXITER) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Step 1 on ``R`` resamples at once: ``weights`` (R, n) multiplicities of the runs, ``starts``
+    (R, S, 5) raw θ tried for each resample (the point estimate first). Returns each resample's best
+    raw θ (R, 5) and its objective Σ w·Huber_δ(log L̂ − log L) (R,), NaN where no start gave a finite
+    one.
+
+    The objective is :func:`fit_task_loss`'s (``least_squares``' Huber loss over the resample's
+    repeated points is Σ w·Huber_δ, the same function), minimised by the batched L-BFGS of the loss
+    laws' bootstrap (:func:`scaling.fit.lbfgs.lbfgs_batched` on :func:`scaling.fit.laws.objective`,
+    log N and log D centred on their means for conditioning): one vectorised solve instead of R·S
+    scipy calls. Box: the point estimate's on α, β and log E; on log A and log B the loss laws'
+    centred box (the log of each term at the data's centre within ±25), which binds only on a term
+    ~e⁻²⁵ of the loss."""
+    X = np.log(np.c_[np.asarray(N, float), np.asarray(D, float)])
+    y = np.log(np.asarray(L, float))
+    x0 = X.mean(axis=0)
+    Xc = X - x0
+    lo = np.r_[laws.BOUND_A[0], laws.BOUND_A[0], STEP1_LOWER[2:]]
+    hi = np.r_[laws.BOUND_A[1], laws.BOUND_A[1], STEP1_UPPER[2:]]
+    r, s, _ = starts.shape
+    x_init = np.clip(laws.to_centred(starts.reshape(r * s, 5), x0), lo, hi)
+    W = np.repeat(np.asarray(weights, float), s, axis=0)  # rows: (resample, start), resample-major
+
+    def fun(th, rows):
+        return laws.objective(th, Xc, y, W[rows], delta)
+
+    batch = lbfgs_batched(fun, x_init, lo, hi, gtol=1e-6, ftol=1e-12, maxiter=maxiter)
+    f = np.where(np.isfinite(batch.f), batch.f, np.inf).reshape(r, s)
+    best = f.argmin(axis=1)
+    x = laws.to_raw(batch.x.reshape(r, s, 5)[np.arange(r), best], x0)
+    cost = f[np.arange(r), best] * delta * delta
+    x[~np.isfinite(cost)] = np.nan
+    return x, np.where(np.isfinite(cost), cost, np.nan)
+
+
+def step2_starts(L, acc) -> np.ndarray:
+    """curve_fit's default starts of step 2 (:func:`solve_step2`): the transition in the middle of
+    the data or at either end of it (accuracies near chance or near saturation show only one half of
+    the sigmoid), with the data's height and floor."""
+    L, acc = np.asarray(L, float), np.asarray(acc, float)
+    span = max(float(np.ptp(L)), 1e-6)
+    height = max(float(np.ptp(acc)), 0.05)
+    return np.array([[height, -4.0 / span, mid, float(acc.min())]
+                     for mid in (np.median(L), L.min(), L.max())])  # fmt: skip
+
+
+@blas_single_threaded
+def refit_step2(L, acc, weights: np.ndarray, starts: np.ndarray,
+                maxiter: int = REFIT_MAXITER) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Step 2 on ``R`` resamples at once: ``weights`` (R, n) multiplicities of the (loss, accuracy)
+    pairs (each pair counts as often as its run was drawn), ``starts`` (S, 4) (a, k, L0, b) tried for
+    every resample. Returns each resample's best (a, k, L0, b) (R, 4) and its Σ w·(Âcc − Acc)² (R,).
+
+    The objective is :func:`fit_sigmoid`'s sum of squares over the resample's repeated pairs, in the
+    box of the full data's fit (:func:`_step2_bounds`, so that a resample's estimate is comparable with
+    the point estimate), minimised by :func:`scaling.fit.lbfgs.lbfgs_batched` with the analytic
+    gradient. For conditioning the solver works on z = (L − centre)/span, so that the slope and the
+    midpoint are O(1) whatever the scale of the task loss, and on the sum of squares divided by the
+    point fit's mean square (O(n) at the optimum, so that the gradient tolerance means the same on
+    every task)."""
+    L, acc = np.asarray(L, float), np.asarray(acc, float)
+    weights = np.asarray(weights, float)
+    lower, upper = _step2_bounds(L, acc)
+    c, span = float(np.mean(L)), max(float(np.ptp(L)), 1e-6)
+    to_z = np.array([1.0, span, 1.0 / span, 1.0])  # (a, k, L0, b) → (a, κ = k·span, m, b)
+    shift = np.array([0.0, 0.0, c / span, 0.0])
+    lo, hi = lower * to_z - shift, upper * to_z - shift
+    z = (L - c) / span
+    r, s = len(weights), len(starts)
+    x_init = np.clip(np.tile(np.asarray(starts, float) * to_z - shift, (r, 1)), lo, hi)
+    W = np.repeat(weights, s, axis=0)
+    p_point = np.asarray(starts, float)[0]
+    scale = 1.0 / max(float(np.mean((sigmoid(L, *p_point) - acc) ** 2)), 1e-8)
+
+    def fun(th, rows):
+        a, kap, m, b = (th[:, i, None] for i in range(4))
+        sg = scipy.special.expit(kap * (z - m))
+        res = a * sg + b - acc
+        wr = W[rows] * res * scale
+        ds = sg * (1 - sg)
+        g = np.stack([np.einsum("sn,sn->s", wr, sg),
+                      np.einsum("sn,sn->s", wr, a * ds * (z - m)),
+                      np.einsum("sn,sn->s", wr, -a * ds * kap),
+                      wr.sum(axis=1)], axis=1)  # fmt: skip
+        return 0.5 * np.einsum("sn,sn->s", wr, res), g
+
+    batch = lbfgs_batched(fun, x_init, lo, hi, gtol=1e-6, ftol=1e-12, maxiter=maxiter)
+    f = np.where(np.isfinite(batch.f), batch.f, np.inf).reshape(r, s)
+    best = f.argmin(axis=1)
+    x = (batch.x.reshape(r, s, 4)[np.arange(r), best] + shift) / to_z
+    sse = 2 * f[np.arange(r), best] / scale
+    x[~np.isfinite(sse)] = np.nan
+    return x, np.where(np.isfinite(sse), sse, np.nan)
 
 
 # --------------------------------------------------------------------------------------------------

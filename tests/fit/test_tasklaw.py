@@ -3,16 +3,19 @@ runs, its intervals and held-out check, and ``scaling fit`` on runs that logged 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 import pytest
 
 from scaling import cli
 from scaling.errors import ScalingError
-from scaling.fit import synth, taskfit, tasklaw
+from scaling.fit import synth, taskfit, taskident, tasklaw, taskplots
+from scaling.fit.bootstrap import resample_weights
 from scaling.fit.frontier import fit_flops_model, optimal_allocation
 from scaling.fit.points import Points
 from scaling.fit.spec import FitSpec, TasksSpec
@@ -104,12 +107,132 @@ def test_chained_accuracy_intervals_and_holdout():
             est = getattr(law, name)
             assert lo <= est <= hi and abs(est - value) < hi - lo, name
     assert tf.bootstrap == {"resamples": 60, "failed": 0}
+    assert tf.identification == {"step1": [], "step2": []} and tf.identified  # not flagged
     h = tf.holdout
     assert h.held_out == (1e15,) and h.n_test == 7 and h.n_train == 28
     assert h.mae < 0.03 and abs(h.bias) < 0.03 and h.loss_mape < 0.02
     (q,) = tf.predictions
     assert q["extrapolated"] and q["ci"]["accuracy"][0] <= q["accuracy"] <= q["ci"]["accuracy"][1]
     json.dumps(tf.to_json())  # every field is JSON
+
+
+def _floor_accuracy(curves: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
+    """The task rows' accuracies replaced by a hard task's for tiny models: 64 examples drawn from a
+    sigmoid whose rise lies far below every task loss observed (accuracy ≈ 0, now and then 1/64)."""
+    rng = np.random.default_rng(seed)
+    p = np.nan_to_num(tasklaw.sigmoid(curves["loss"].to_numpy(), 0.7, -4.0, 0.5, 0.0))
+    acc = pl.Series(rng.binomial(64, p) / 64)
+    task = pl.col("kind") == "task/arith"
+    return curves.with_columns(
+        pl.when(task).then(acc).otherwise(pl.col("accuracy")).alias("accuracy")
+    )
+
+
+def test_accuracy_on_its_floor_is_not_identified(tmp_path):
+    points, curves = synthetic(seed=0)
+    floor = _floor_accuracy(curves)
+    assert floor.filter(pl.col("kind") == "task/arith")["accuracy"].max() > 0  # not flat: fitted
+    spec = FitSpec.from_dict({"bootstrap": {"resamples": 40, "starts": 2}, "predict": [3e15]})
+    tf = taskfit.fit_task(points, floor, "arith", spec, seed=0)
+    assert isinstance(tf, taskfit.TaskFit) and not tf.identified
+    assert tf.identification["step1"] == []  # the task loss still follows its law
+    assert any("never leaves its floor or ceiling" in r for r in tf.identification["step2"])
+    j = tf.to_json()
+    assert j["identified"] == {"step1": True, "step2": False}
+    assert j["not_identified"]["step2"] == tf.identification["step2"]
+    assert j["predictions"][0]["identified"] is False
+    lines = taskfit.summary_lines(taskfit.TaskReport({"arith": {"ladder": tf}}, {}))
+    text = "\n".join(lines)
+    assert "NOT IDENTIFIED (step 2)" in text
+    assert "ladder step 2 (sigmoid Acc(L)): accuracy never leaves its floor" in text
+    (pred,) = [ln for ln in lines if "at C=3e+15" in ln]
+    assert "accuracy not given (a step is NOT IDENTIFIED)" in pred and "task loss" in pred
+    # the figure keeps the runs but draws no chained accuracy for it, and a dotted sigmoid
+    fig = taskplots.task_figure(taskfit.TaskReport({"arith": {"ladder": tf}}, {}), "arith")
+    ax, bx = fig.axes
+    assert (
+        len(ax.get_lines()) == 0 and "NOT IDENTIFIED" in ax.get_legend().get_texts()[0].get_text()
+    )
+    assert [ln.get_linestyle() for ln in bx.get_lines()] == [":"]
+    plt.close(fig)
+
+
+def _law2(**kw) -> tasklaw.SigmoidLaw:
+    base = dict(a=0.7, k=-4.0, L0=2.5, b=0.2, n_points=105, rmse=0.01)
+    return tasklaw.SigmoidLaw(**(base | kw))
+
+
+def test_each_identification_test_flags_its_case():
+    L = np.linspace(1.5, 4.0, 40)
+    acc = tasklaw.sigmoid(L, 0.7, -4.0, 2.5, 0.2)
+    assert taskident.step2_reasons(_law2(), L, acc) == []
+    good_ci = {"a": (0.68, 0.72), "k": (-4.2, -3.8), "L0": (2.45, 2.55), "b": (0.19, 0.21)}
+    assert taskident.step2_reasons(_law2(ci=good_ci), L, acc, failed=3, resamples=100) == []
+    flat = np.full_like(L, 0.25) + np.random.default_rng(0).normal(0, 0.01, L.size)
+    assert any("floor or ceiling" in r for r in taskident.step2_reasons(_law2(), L, flat))
+    # a spread of ~0.6 over a scatter of 0.25 about the curve is within noise
+    assert any("floor or ceiling" in r for r in taskident.step2_reasons(_law2(rmse=0.25), L, acc))
+    steep = taskident.step2_reasons(_law2(k=-400.0), L, acc)
+    assert any("rising part" in r and "fewer than 4" in r for r in steep)
+    checks = {
+        "k sits at its bound": _law2(bound_hits=("k",)),
+        "L0 = 0.55 lies outside its own 95% interval": _law2(L0=0.55, ci={"L0": (0.86, 1.2)}),
+        "k's 95% interval [-1.4e+03, -4] spans more than a decade": _law2(ci={"k": (-1400, -4)}),
+        "k's 95% interval [-5, 0] reaches zero": _law2(ci={"k": (-5.0, 0.0)}),
+        "a's 95% interval [0, 0.9] reaches zero": _law2(ci={"a": (0.0, 0.9)}),
+        "L0's 95% interval [0.86, 7.2] is wider": _law2(ci={"L0": (0.86, 7.2)}),
+    }
+    for reason, law in checks.items():
+        assert any(r.startswith(reason) for r in taskident.step2_reasons(law, L, acc)), reason
+    assert "60 of 100 bootstrap resamples failed" in taskident.step2_reasons(
+        _law2(), L, acc, failed=60, resamples=100
+    )
+    s1 = tasklaw.TaskLossLaw(E=1.0, A=50.0, B=100.0, alpha=0.3, beta=0.3, n_points=35, cost=0.0)
+    assert taskident.step1_reasons(s1, 1.5) == []
+    assert taskident.step1_reasons(s1, 0.9)[0].startswith("E = 1 lies above the lowest")
+    bad = dataclasses.replace(s1, ci={"alpha": (0.0, 0.5), "E": (0.05, 1.2)}, bound_hits=("beta",))
+    assert taskident.step1_reasons(bad, 1.5) == [
+        "beta sits at its bound (0.3)", "alpha's 95% interval [0, 0.5] reaches zero",
+        "E's 95% interval [0.05, 1.2] spans more than a decade",
+    ]  # fmt: skip
+    outside = dataclasses.replace(s1, ci={"E": (1.1, 1.3)})
+    assert taskident.step1_reasons(outside, 1.5) == [
+        "E = 1 lies outside its own 95% interval [1.1, 1.3]"
+    ]
+
+
+def test_batched_bootstrap_gives_the_one_by_one_refits():
+    """The batched refits find, resample by resample, the optimum the former loop of scipy refits found
+    (the same resamples and starts: the former code, verbatim, on the same seed), so the intervals
+    are the same, not merely close within Monte-Carlo noise."""
+    points, curves = synthetic(seed=2)
+    R = 24
+    spec = FitSpec.from_dict({"bootstrap": {"resamples": R, "starts": 2}})
+    data = tasklaw.task_data(points, curves, "arith", intermediate=True)
+    s1 = tasklaw.fit_task_loss(data.points.N, data.points.D, data.loss)
+    s2 = tasklaw.fit_sigmoid(data.pair_loss, data.pair_acc)
+    fm = fit_flops_model(points.N, points.fpt)
+    grid = np.geomspace(points.C.min(), points.C.max() * 3, 10)
+    new = taskfit._bootstrap(data, s1, s2, fm, grid, spec, seed=7)
+    assert new["failed"] == 0
+    rng = np.random.default_rng(7)
+    W = resample_weights(data.points, R, rng)
+    screened = tasklaw.screen_starts(data.points.N, data.points.D, data.loss, spec.tasks.delta)
+    thetas, sigs = [], []
+    for w in W:
+        d = taskfit._resample(data, w)
+        extra = screened[rng.choice(len(screened), 2, replace=False)]
+        th, _ = tasklaw.solve_step1(d.points.N, d.points.D, d.loss, np.vstack([s1.theta, extra]),
+                                    spec.tasks.delta)  # fmt: skip
+        p0 = np.array([s2.a, s2.k, s2.L0, s2.b])
+        sg, _ = tasklaw.solve_step2(d.pair_loss, d.pair_acc, p0)
+        thetas.append(th), sigs.append(sg)
+    np.testing.assert_allclose(new["thetas"], np.array(thetas), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(new["sig"], np.array(sigs), rtol=1e-4, atol=1e-5)
+    old_acc = tasklaw.sigmoid(optimal_allocation(np.array(thetas), fm, grid)[2],
+                              *(np.array(sigs).T[:, :, None]))  # fmt: skip
+    np.testing.assert_allclose(np.quantile(new["acc"], [0.025, 0.975], axis=0),
+                               np.quantile(old_acc, [0.025, 0.975], axis=0), atol=1e-5)  # fmt: skip
 
 
 def test_too_few_runs_or_flat_accuracy_are_reasons_not_errors():
@@ -183,6 +306,7 @@ def test_scaling_fit_fits_task_laws_when_runs_logged_them(task_sweep, tmp_path, 
         assert s2["L0"] == pytest.approx(truth["L0"], abs=0.1)
         assert s2["b"] == pytest.approx(truth["b"], abs=0.05)
         assert f["holdout"]["mae"] < 0.05
+        assert f["identified"] == {"step1": True, "step2": True} and f["not_identified"] == {}
         assert len(f["curve"]["acc_lo"]) == len(f["curve"]["C"])
     assert (out / "task-arith.png").is_file() and (out / "task-arith.pdf").is_file()
     # a second fit replaces the first's output (task figures are a fit's own files)
