@@ -139,15 +139,19 @@ def table(out: dict) -> str:
              f"{out['wall_s']:.0f} s) on {out['cpus']} CPUs (load average "
              f"{out['load_average_before']:.1f} before, {out['load_average_after']:.1f} after). "
              f"Nominal level {out['level']:.0%}.", "",
+             "Calibrated: the interval of the observed optimum (its own bootstrap spread added); "
+             "last column: its width over the bootstrap interval with only that spread added.", "",
              "| budgets (calibration folds) | suite | approach | seeds | bootstrap coverage | "
-             "calibrated coverage | median width calibrated / bootstrap |",
-             "|---|---|---|---:|---:|---:|---:|"]  # fmt: skip
+             "calibrated coverage | median width calibrated / bootstrap | … / bootstrap ⊕ "
+             "observed spread |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in out["synthetic"]:
         for a in APPROACHES:
             if a in r["n"]:
                 lines.append(f"| {r['budgets']} ({r['budgets'] - 3}) | {r['suite']} | {a} | "
                              f"{r['n'][a]} | {r['coverage'][a]:.0%} | {r['calibrated'][a]:.0%} | "
-                             f"×{r['width_ratio'][a]:.2f} |")  # fmt: skip
+                             f"×{r['width_ratio'][a]:.2f} | "
+                             f"{_ratio(r.get('tau_ratio', {}).get(a))} |")  # fmt: skip
     p = out["public"]
     lines.append("")
     if "skipped" in p:
@@ -172,6 +176,24 @@ def table(out: dict) -> str:
             lines.append(f"| {a} | **all** | | | | **{d['coverage']:.0%}** of {d['n']} | | "
                          f"**{d['calibrated']:.0%}** of {d['n']} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def command(argv: list[str]) -> str:
+    """The command line as recorded: without ``--out``, where the results went on the machine that
+    ran it (not part of what was measured)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            kept.append(a)
+    return " ".join(["python bench/coverage.py", *kept])
+
+
+def _ratio(x) -> str:
+    return "-" if x is None else f"×{x:.2f}"
 
 
 def render_readme(results: Path, readme: Path) -> None:
@@ -201,7 +223,7 @@ def main() -> None:
         return
     if min(args.budgets) < 4:
         ap.error("--budgets: at least 4 (two calibration folds and a held-out budget)")
-    out: dict = {"command": "python bench/coverage.py " + " ".join(sys.argv[1:]),
+    out: dict = {"command": command(sys.argv[1:]),
                  "cpus": os.cpu_count(), "load_average_before": os.getloadavg()[0],
                  "level": 0.95, "resamples": args.resamples}  # fmt: skip
     t = time.perf_counter()

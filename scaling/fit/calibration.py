@@ -13,6 +13,8 @@ bootstrap included) on the budgets ≤ k and predicts L* at budget k + 1. The pr
 with the same observed optimum the held-out check uses: the held-out budget's windowed isoFLOP
 parabola's L* (:func:`scaling.fit.holdout.holdout`). Each comparison is a :class:`Fold`; the share
 of folds whose bootstrap interval holds the observed optimum is the interval's empirical coverage.
+That optimum is itself an estimate: each fold records its spread o_k under the same run bootstrap
+(the budget's runs resampled, its parabola refitted: :func:`observed_spreads`).
 
 **Why the bootstrap intervals under-cover.** Resampling runs and refitting one law measures how the
 *fit* varies with the runs; it says nothing about how wrong the *law* is. When the form misses part
@@ -27,21 +29,53 @@ A fit absorbs a smooth term its form lacks where the data are, so the term's lef
 at their centre and grows, to first order, in proportion to the distance from it, as a regression's
 extrapolation error does; measuring from the largest budget instead would score every one-step fold
 alike and miss that a fit over more budgets reaches further. In log loss, for fold k with error
-e_k = log(L̂*/L*_obs), bootstrap standard deviation s_k and lever arm d_k,
+e_k = log(L̂*/L*_obs), bootstrap standard deviation s_k, observed optimum's spread o_k and lever
+arm d_k, the three independent,
 
-    E[e_k²] = s_k² + τ²·d_k²   ⇒   τ̂² = max(0, Σ (e_k² − s_k²) / Σ d_k²)
+    E[e_k²] = s_k² + o_k² + τ²·d_k²   ⇒   τ̂² = max(0, Σ (e_k² − s_k² − o_k²) / Σ d_k²)
 
 (the method of moments; the moment is uncentred, so a consistent bias counts as width: with a
-handful of folds a bias correction would be noisier than the bias it removes). The observed optimum's
-own sampling noise is part of what τ absorbs. The widened interval at distance d keeps each side of
-the bootstrap interval and adds the discrepancy in quadrature, side by side,
+handful of folds a bias correction would be noisier than the bias it removes). The observed
+optimum's noise is the observation's, not the law's: it does not grow with d, and left in the
+errors it was counted as discrepancy at the folds yet missing from a well-specified sweep's
+intervals, where τ̂ = 0 (measured: those bootstrap intervals held the observed optimum in about 85%
+of seeds, their spread s as large as o). The widened interval of L* at distance d keeps each side
+of the bootstrap interval and adds the discrepancy in quadrature, side by side,
 
     side' = q·√((side / z)² + τ̂²·d²),   z = Φ⁻¹((1 + level)/2),
 
 with q the Student-t quantile at the Welch–Satterthwaite effective degrees of freedom (Satterthwaite
-1946): ν_eff = σ⁴ / ((τ̂²d²)²/K) for K folds and σ² = s² + τ̂²d². With τ̂ = 0 it is the bootstrap
-interval unchanged (q = z); with τ̂ estimated from two folds it is a t with about two degrees of
-freedom, as wide as two comparisons warrant.
+1946): ν_eff = σ⁴ / ((τ̂²d²)²/K) for K folds and σ² = s² + τ̂²d² (s and o come from hundreds of
+resamples; only τ̂² is estimated from K). With τ̂ = 0 it is the bootstrap interval unchanged
+(q = z); with τ̂ estimated from two folds it is a t with about two degrees of freedom, as wide as
+two comparisons warrant. The interval of an *observed* optimum — what a fold, or the coverage
+suites of :mod:`scaling.fit.coverage`, compare with — adds that observation's o² to σ² as well
+(:meth:`Calibration.interval` with ``observed``).
+
+**Which folds estimate τ.** A fold scores the law it fitted, and a discrepancy is a law's: τ for a
+prediction comes from the folds whose law has the prediction's L*(C) form (:func:`matching`).
+Approach 2's frontier law is E = 0 (``power``) below four budgets and E + A·C^−a (``saturating``)
+from four on; the E = 0 law's misses — it cannot flatten — are no record of the saturating law, and
+counting them widened a well-specified five-budget sweep's saturating intervals ×2.4 for nothing.
+Approach 3's L(N, D), minimised under C = 6ND, is a saturating L*(C) (Hoffmann et al. 2022, eq. 4),
+so its folds count for approach 2's saturating predictions, with approach 2's own saturating folds
+once there are any (alone, the two such folds of a seven-budget sweep under-covered a bending
+frontier: the saturating law absorbs the bend over few budgets and misses only further out).
+Approach 3's τ comes from its own folds.
+
+**What two folds cannot do** (measured on the suites of :mod:`scaling.fit.coverage`). With five
+budgets two folds calibrate: where the first (two budgets fitted) has a bootstrap spread above its
+error the moment sum is negative and τ̂ = 0, so the interval stays the bootstrap's. On the curvature
+suite τ̂ was 0 in 7 of 30 seeds, and approach 3's widened intervals held 83% rather than 95%, four
+of the five misses among those seven (the under-trained suite: 90%, its three misses at τ̂ ≤ 0.4%
+per decade). No estimate from two folds tells those seeds from a law that holds. A prediction
+interval that carries τ's uncertainty through (τ² drawn from the Q-profile confidence distribution
+of the folds' χ² statistic: Nagashima, Noma & Furukawa 2019, Stat Methods Med Res 28:1689) held 95%
+of 62 curvature seeds but was ×4.5 as wide as the bootstrap on 80 well-specified ones (measured with
+τ from the errors beyond s alone): the price of two folds, not paid by default. Nor does the lever
+arm's growth settle it: approach 3's mean error grows like d^1.6 on the curvature suite (as an
+omitted quadratic term's leftover, κ·(d² − the fitted log C's variance), does) but like d^0.75 on
+the under-trained one, and two folds cannot fit an exponent; the first-order, linear growth stays.
 
 **Why not split-conformal.** A split-conformal interval (Vovk et al. 2005; Lei et al. 2018) at
 level 1 − a needs ⌈(K + 1)(1 − a)⌉ ≤ K calibration scores: 19 folds for 95%. A sweep has 3–10
@@ -64,14 +98,19 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from scaling.fit.bootstrap import fit_method
+from scaling.fit.bootstrap import fit_method, resample_weights
+from scaling.fit.bootstrap import interval as percentile_interval
 from scaling.fit.holdout import holdout_starts
-from scaling.fit.isoflop import fit_isoflop
+from scaling.fit.isoflop import OK, fit_isoflop, isoflop_batch
 from scaling.fit.points import Points
 from scaling.fit.spec import FitSpec, HoldoutSpec, JointSpec
 
 APPROACHES = ("approach3", "approach2")
 """The approaches scored: approach 1's envelope would need the curves cut at each held-out budget."""
+FRONTIER_FORM = {"chinchilla": "saturating", "saturating": "saturating", "power": "power"}
+"""The form of L*(C) each fitted law implies. Approach 3's L = E + A/N^α + B/D^β minimised under
+C = 6ND is L*(C) = E + K·C^(−αβ/(α+β)) (Hoffmann et al. 2022, eq. 4): approach 2's ``saturating``
+frontier law E + A·C^−a; its ``power`` law is that with E = 0."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +135,9 @@ class Fold:
     form: str | None = None
     """The law fitted: ``chinchilla`` (approach 3), approach 2's frontier law's ``saturating`` (E +
     A·C^−α, four budgets or more) or ``power`` (E = 0)."""
+    observed_spread: float | None = None
+    """Standard deviation of log ``observed`` under the run bootstrap (its percentile interval's
+    width over 2z, as :meth:`spread`): the observed optimum is itself a parabola's estimate."""
 
     @property
     def distance(self) -> float:
@@ -150,20 +192,32 @@ class Calibration:
     """Mean held-out log error (positive: predictions too high)."""
     reason: str | None = None
     """Why there is no calibration."""
+    form: str | None = None
+    """The law of the predictions ``tau`` widens (:attr:`Fold.form`; None: any)."""
+    tau_folds: str | None = None
+    """Which folds ``tau`` comes from (:func:`matching`)."""
 
     def interval(
-        self, predicted: float, interval: tuple[float, float] | None, distance: float
+        self,
+        predicted: float,
+        interval: tuple[float, float] | None,
+        distance: float,
+        observed: float | None = None,
     ) -> tuple[float, float] | None:
         """The widened interval of a prediction whose bootstrap interval is ``interval``, made
-        ``distance`` decades from the centre of the fitted budgets (:func:`lever_arm`)."""
+        ``distance`` decades from the centre of the fitted budgets (:func:`lever_arm`): of L*
+        itself, or, given ``observed`` (an observed optimum's own log standard deviation,
+        :attr:`Fold.observed_spread`), of that observed optimum."""
         if interval is None or self.tau is None or not predicted > 0:
             return interval
-        return widen(predicted, interval, self.tau, self.dof, abs(distance), self.level)
+        return widen(predicted, interval, self.tau, self.dof, abs(distance), self.level,
+                     observed or 0.0)  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {
             "approach": self.approach, "level": self.level, "tau_per_decade": self.tau,
-            "folds_used": self.dof, "coverage": self.coverage,
+            "folds_used": self.dof, "form": self.form, "tau_folds": self.tau_folds,
+            "coverage": self.coverage,
             "calibrated_coverage": self.calibrated_coverage, "rmse": self.rmse, "bias": self.bias,
             "reason": self.reason, "folds": [f.to_json() for f in self.folds],
         }  # fmt: skip
@@ -207,63 +261,101 @@ def widen(
     dof: int,
     distance: float,
     level: float,
+    observed: float = 0.0,
 ) -> tuple[float, float]:
     """The bootstrap ``interval`` of ``predicted`` with the discrepancy τ·distance added in quadrature
     to each side (in log loss) and the Student-t quantile at the Welch–Satterthwaite degrees of
-    freedom (module docstring)."""
+    freedom (module docstring); ``observed``: an observed optimum's own log standard deviation,
+    added too, for the interval of that observation rather than of L*."""
     z = _z(level)
     m = math.log(predicted)
     lo_side = max(m - math.log(interval[0]), 0.0) / z
     hi_side = max(math.log(interval[1]) - m, 0.0) / z
-    extra = (tau * distance) ** 2
-    if extra <= 0 or dof < 1:
+    extra = (tau * distance) ** 2 if dof >= 1 else 0.0
+    known = observed**2
+    if extra <= 0 and known <= 0:
         return interval
-    s2 = ((lo_side + hi_side) / 2) ** 2
-    nu = (s2 + extra) ** 2 / (extra**2 / dof)
-    q = float(scipy.stats.t.ppf((1 + level) / 2, nu))
-    lo = m - q * math.sqrt(lo_side**2 + extra)
-    hi = m + q * math.sqrt(hi_side**2 + extra)
+    s2 = ((lo_side + hi_side) / 2) ** 2 + known
+    nu = (s2 + extra) ** 2 / (extra**2 / dof) if extra > 0 else math.inf
+    q = float(scipy.stats.t.ppf((1 + level) / 2, nu)) if extra > 0 else z
+    lo = m - q * math.sqrt(lo_side**2 + known + extra)
+    hi = m + q * math.sqrt(hi_side**2 + known + extra)
     return min(math.exp(lo), interval[0]), max(math.exp(hi), interval[1])
 
 
 def discrepancy(folds: list[Fold] | tuple[Fold, ...], level: float) -> tuple[float | None, int]:
     """τ̂ by the method of moments over the folds with an error and a non-zero lever arm, and how many
-    there were (module docstring). A fold without a bootstrap interval counts with s = 0."""
+    there were (module docstring). A fold without a bootstrap interval counts with s = 0, one
+    without an observed spread with o = 0."""
     use = [f for f in folds if f.log_error is not None and f.distance != 0]
     if not use:
         return None, 0
-    num = sum(f.log_error**2 - (f.spread(level) or 0.0) ** 2 for f in use)
+    num = sum(f.log_error**2 - (f.spread(level) or 0.0) ** 2 - (f.observed_spread or 0.0) ** 2
+              for f in use)  # fmt: skip
     den = sum(f.distance**2 for f in use)
     return math.sqrt(max(num / den, 0.0)), len(use)
 
 
-def calibrate(folds: list[Fold] | tuple[Fold, ...], approach: str, level: float) -> Calibration:
-    """One approach's record over ``folds`` (any approach's; its own are picked). Every fold of the
-    approach counts, whatever law it fitted: the folds score the procedure the toolkit applies as a
-    sweep grows, and approach 2's frontier switches from E = 0 to a fitted E at four budgets, whose
-    early folds are the ones that show how a law that fits the budgets so far still misses the
-    next (keeping only the folds of the full fit's law left too few, and too tame, folds)."""
+def frontier_form(form: str | None) -> str | None:
+    """The form of L*(C) a fold's law implies (:data:`FRONTIER_FORM`)."""
+    return FRONTIER_FORM.get(form, form) if form is not None else None
+
+
+def matching(
+    folds: list[Fold] | tuple[Fold, ...], approach: str, form: str | None
+) -> tuple[tuple[Fold, ...], str]:
+    """The folds whose errors estimate τ for a prediction of ``approach`` made with the law ``form``
+    (module docstring), and which they are: ``approach``'s own folds whose law has the same L*(C)
+    form (:data:`FRONTIER_FORM`) and, for a saturating L*(C) of another approach, approach 3's folds,
+    whose law implies that form; without any (or ``form`` None), all of ``approach``'s folds."""
+    scored = [f for f in folds if f.predicted is not None]
+    own = tuple(f for f in scored if f.approach == approach)
+    if form is None:
+        return own, f"{approach}'s folds"
+    want = frontier_form(form)
+    same = tuple(f for f in own if frontier_form(f.form) == want)
+    if approach != "approach3" and want == frontier_form("chinchilla"):
+        same += tuple(f for f in scored if f.approach == "approach3")
+    if not same:
+        return own, f"{approach}'s folds (none of the {want} L*(C) law)"
+    names = " and ".join(sorted({f.approach for f in same}))
+    return same, f"{names}'s folds of the {want} L*(C) law"
+
+
+def calibrate(
+    folds: list[Fold] | tuple[Fold, ...], approach: str, level: float, form: str | None = None
+) -> Calibration:
+    """One approach's record over ``folds`` (any approach's; its own are scored), and τ for its
+    predictions made with the law ``form`` (:attr:`Fold.form`; None: any law) from the
+    :func:`matching` folds. Approach 2's frontier switches from E = 0 (``power``) to a fitted E
+    (``saturating``) at four budgets; an E = 0 law's misses are that law's, and counting them in the
+    discrepancy of a saturating prediction widened well-specified sweeps' intervals twofold for
+    nothing. Approach 3's L(N, D) implies a saturating L*(C) (:data:`FRONTIER_FORM`), so its folds
+    stand in where approach 2 has no saturating fold yet."""
     mine = tuple(f for f in folds if f.approach == approach and f.predicted is not None)
     if not mine:
         why = next((f.reason for f in folds if f.approach == approach and f.reason), None)
         return Calibration(approach, level, (), None, 0, None, None, None, None,
-                           reason=why or "no held-out fold")  # fmt: skip
-    tau, dof = discrepancy(mine, level)
+                           reason=why or "no held-out fold", form=form)  # fmt: skip
+    basis, source = matching(folds, approach, form)
+    tau, dof = discrepancy(basis, level)
     with_ci = [f for f in mine if f.interval is not None]
     coverage = float(np.mean([f.covered for f in with_ci])) if with_ci else None
     loo = []
     if len(with_ci) >= 2:
         for f in with_ci:
-            t, k = discrepancy([g for g in mine if g is not f], level)
+            t, k = discrepancy(matching([g for g in folds if g is not f], approach, f.form)[0],
+                               level)  # fmt: skip
             if t is None:
                 continue
-            lo, hi = widen(f.predicted, f.interval, t, k, f.distance, level)
+            lo, hi = widen(f.predicted, f.interval, t, k, f.distance, level,
+                           f.observed_spread or 0.0)  # fmt: skip
             loo.append(lo <= f.observed <= hi)
     errs = np.array([f.log_error for f in mine])
     return Calibration(
         approach, level, mine, tau, dof, coverage, float(np.mean(loo)) if loo else None,
         float(np.sqrt(np.mean(errs**2))), float(np.mean(errs)),
-        reason=None if tau is not None else "no fold extrapolates",
+        reason=None if tau is not None else "no fold extrapolates", form=form, tau_folds=source,
     )  # fmt: skip
 
 
@@ -296,6 +388,25 @@ def observed_optima(points: Points, spec: FitSpec) -> dict[int, float]:
             if p.status == "ok" and p.loss_opt is not None}  # fmt: skip
 
 
+def observed_spreads(points: Points, spec: FitSpec, seed=0) -> dict[int, float]:
+    """Budget index → the log standard deviation of its observed isoFLOP minimum under the run
+    bootstrap (each budget's runs resampled, its windowed parabola refitted:
+    :func:`scaling.fit.isoflop.isoflop_batch`), from its percentile interval as :meth:`Fold.spread`;
+    ``holdout.rolling_resamples`` resamples (at most ``bootstrap.resamples``)."""
+    r = min(spec.bootstrap.resamples, spec.holdout.rolling_resamples)
+    if r < 10:
+        return {}
+    w = resample_weights(points, r, np.random.default_rng([*np.atleast_1d(seed), 0x0B5]))
+    b = isoflop_batch(points, spec.approach2, w)
+    out = {}
+    for g in observed_optima(points, spec):
+        loss = b["loss_opt"][:, g]
+        iv = percentile_interval(loss[(b["status"][:, g] == OK) & (loss > 0)], spec.bootstrap.level)
+        if iv is not None:
+            out[g] = math.log(iv[1] / iv[0]) / (2 * _z(spec.bootstrap.level))
+    return out
+
+
 def rolling_folds(
     points: Points,
     spec: FitSpec,
@@ -313,6 +424,7 @@ def rolling_folds(
     (:func:`scaling.fit.holdout.holdout_starts`, as the held-out check does) instead of the grid."""
     progress = progress or (lambda stage: None)
     optima = observed_optima(points, spec)
+    spreads = observed_spreads(points, spec, seed)
     targets = [g for g in sorted(optima) if g >= min_train]
     if max_folds is not None:
         targets = targets[len(targets) - max_folds :] if max_folds > 0 else []
@@ -322,7 +434,7 @@ def rolling_folds(
         train = points.subset(points.group < g)
         base = dict(budget=c, train_max=float(train.budgets.max()),
                     train_centre=centre(train.budgets), n_train_budgets=len(train.budgets),
-                    observed=float(optima[g]))  # fmt: skip
+                    observed=float(optima[g]), observed_spread=spreads.get(g))  # fmt: skip
         progress(f"held-out budget {c:.3g} (fit on {len(train.budgets)} budgets)")
         starts = None if best is None else holdout_starts(spec, best)
         out = fit_method(train, fold_spec(spec, c), seed=[seed, g], starts=starts)
@@ -351,8 +463,11 @@ def rolling_check(
     seed: int = 0,
     progress=None,
     best: np.ndarray | None = None,
+    forms: dict[str, str | None] | None = None,
 ) -> RollingCheck:
-    """:func:`rolling_folds` and each approach's :func:`calibrate` over them."""
+    """:func:`rolling_folds` and each approach's :func:`calibrate` over them; ``forms``: the law
+    each approach's predictions are made with (:func:`law_form` of the full fit), whose folds
+    estimate its τ (:func:`matching`)."""
     level = spec.bootstrap.level
     reason = None
     if not spec.approach2.enabled:
@@ -365,5 +480,5 @@ def rolling_check(
         reason = (f"no budget with an interior isoFLOP minimum has {min_train} budget(s) below it "
                   f"({n} of {len(points.budgets)} budgets have such a minimum)")  # fmt: skip
     enabled = [a for a in APPROACHES if getattr(spec, a).enabled]
-    cals = {a: calibrate(folds, a, level) for a in enabled}
+    cals = {a: calibrate(folds, a, level, (forms or {}).get(a)) for a in enabled}
     return RollingCheck(points.method, level, folds, cals, reason)

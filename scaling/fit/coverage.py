@@ -10,7 +10,9 @@ One trial = one sweep of ``budgets`` (log-spaced; each budget a grid of sizes ce
 optimum, so every isoFLOP minimum is interior), log-normal noise per run. The last budget is held
 out: every approach is fitted on the others and predicts its L*; the earlier rolling-origin folds
 (fit on budgets ≤ k, predict k + 1) calibrate the widening, and never see the last budget. Both
-intervals are checked against the last budget's observed optimum (its isoFLOP parabola's L*).
+intervals are checked against the last budget's observed optimum (its isoFLOP parabola's L*): the
+bootstrap interval of L* as it is, the calibrated one as the interval of that observation (with its
+own bootstrap spread, :attr:`scaling.fit.calibration.Fold.observed_spread`, added in quadrature).
 
 Suites (all on Hoffmann et al.'s fitted law E = 1.69, A = 406.4, B = 410.7, α = 0.34, β = 0.28 and
 C = 6·N·D, the setting approach 3 assumes):
@@ -31,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from scaling.fit.calibration import APPROACHES, Calibration, Fold, calibrate, rolling_folds
+from scaling.fit.calibration import (
+    APPROACHES,
+    Calibration,
+    Fold,
+    calibrate,
+    rolling_folds,
+    widen,
+)
 from scaling.fit.points import Points
 from scaling.fit.spec import FitSpec
 
@@ -90,7 +99,10 @@ class Trial:
     predicted: float
     interval: tuple[float, float] | None
     calibrated: tuple[float, float] | None
+    """The calibrated interval of the observed optimum (the observation's own spread included)."""
     tau: float | None
+    unwidened: tuple[float, float] | None = None
+    """The bootstrap interval with only the observation's own spread added (τ = 0)."""
 
     @property
     def covered(self) -> bool | None:
@@ -118,6 +130,9 @@ class Coverage:
     """The same for the calibrated intervals."""
     width_ratio: dict[str, float]
     """Median width of the calibrated interval over the bootstrap one's."""
+    tau_ratio: dict[str, float]
+    """Median width of the calibrated interval over the bootstrap one's with the observation's own
+    spread added: the discrepancy's share of the widening."""
     n: dict[str, int]
     """Trials with both intervals."""
 
@@ -125,22 +140,24 @@ class Coverage:
         """One line for a test's message or a benchmark's table."""
         return (f"{self.suite} {approach}: bootstrap {self.coverage[approach]:.0%}, calibrated "
                 f"{self.calibrated[approach]:.0%} of {self.n[approach]} at nominal "
-                f"{self.level:.0%} (median width ×{self.width_ratio[approach]:.2f})")  # fmt: skip
+                f"{self.level:.0%} (median width ×{self.width_ratio[approach]:.2f}, "
+                f"×{self.tau_ratio[approach]:.2f} of the observation's unwidened interval)")  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {"suite": self.suite, "level": self.level, "n": self.n,
                 "coverage": self.coverage, "calibrated": self.calibrated,
-                "width_ratio": self.width_ratio}  # fmt: skip
+                "width_ratio": self.width_ratio, "tau_ratio": self.tau_ratio}  # fmt: skip
 
 
 def sequential(
     folds: Iterable[Fold], approach: str, level: float
 ) -> list[tuple[Fold, Calibration]]:
     """Each fold of ``approach`` that has earlier ones, with the calibration of the earlier folds
-    only: how the widening would have done, budget by budget, had the sweep stopped there."""
-    mine = sorted((f for f in folds if f.approach == approach and f.predicted is not None),
-                  key=lambda f: f.budget)  # fmt: skip
-    return [(f, calibrate([g for g in mine if g.budget < f.budget], approach, level))
+    (of every approach, for :func:`scaling.fit.calibration.matching`) only, for the law that fold
+    fitted: how the widening would have done, budget by budget, had the sweep stopped there."""
+    folds = [f for f in folds if f.predicted is not None]
+    mine = sorted((f for f in folds if f.approach == approach), key=lambda f: f.budget)
+    return [(f, calibrate([g for g in folds if g.budget < f.budget], approach, level, f.form))
             for f in mine if any(g.budget < f.budget for g in mine)]  # fmt: skip
 
 
@@ -154,9 +171,12 @@ def trial(points: Points, spec: FitSpec, seed: int, *, min_train: int = 2) -> li
     for a in APPROACHES:
         for test, cal in sequential(folds, a, spec.bootstrap.level):
             if test.budget == last:
-                out.append(Trial(seed, a, test.observed, test.predicted, test.interval,
-                                 cal.interval(test.predicted, test.interval, test.distance),
-                                 cal.tau))  # fmt: skip
+                widened = cal.interval(test.predicted, test.interval, test.distance,
+                                       test.observed_spread)  # fmt: skip
+                plain = (widen(test.predicted, test.interval, 0.0, 0, 0.0, cal.level,
+                               test.observed_spread or 0.0) if test.interval else None)  # fmt: skip
+                out.append(Trial(seed, a, test.observed, test.predicted, test.interval, widened,
+                                 cal.tau, plain))  # fmt: skip
     return out
 
 
@@ -166,7 +186,7 @@ def measure(
     """Trials of ``suite`` (a name in SUITES or a seed → Points function) over ``seeds``."""
     make = SUITES[suite] if isinstance(suite, str) else suite
     trials = tuple(t for s in seeds for t in trial(make(s), spec, s))
-    cov, cal, ratio, n = {}, {}, {}, {}
+    cov, cal, ratio, tau_ratio, n = {}, {}, {}, {}, {}
     for a in APPROACHES:
         mine = [t for t in trials if t.approach == a and t.interval and t.calibrated]
         if not mine:
@@ -176,4 +196,7 @@ def measure(
         cal[a] = float(np.mean([t.covered_calibrated for t in mine]))
         ratio[a] = float(np.median([np.log(t.calibrated[1] / t.calibrated[0])
                                     / np.log(t.interval[1] / t.interval[0]) for t in mine]))  # fmt: skip
-    return Coverage(name or str(suite), spec.bootstrap.level, trials, cov, cal, ratio, n)
+        tau_ratio[a] = float(np.median([np.log(t.calibrated[1] / t.calibrated[0])
+                                        / np.log(t.unwidened[1] / t.unwidened[0])
+                                        for t in mine]))  # fmt: skip
+    return Coverage(name or str(suite), spec.bootstrap.level, trials, cov, cal, ratio, tau_ratio, n)

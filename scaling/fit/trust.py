@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from scaling.fit.calibration import APPROACHES, Calibration, RollingCheck, lever_arm, rolling_check
+from scaling.fit.calibration import (
+    APPROACHES,
+    Calibration,
+    RollingCheck,
+    law_form,
+    lever_arm,
+    rolling_check,
+)
 from scaling.fit.results import OptimalParams
 from scaling.fit.spec import FitSpec
 
@@ -122,11 +129,14 @@ class Assessment:
 
 
 def assess(mf, spec: FitSpec, *, seed=0, min_train: int = 2, progress=None) -> Assessment:
-    """:func:`rolling_check` on a MethodFit's points, its predictions' L* intervals widened by it,
-    and :func:`trusted_approach` at every predicted budget."""
+    """:func:`rolling_check` on a MethodFit's points, its predictions' L* intervals widened by it
+    (each approach's τ from the folds of the law it predicts with,
+    :func:`scaling.fit.calibration.matching`), and :func:`trusted_approach` at every predicted
+    budget."""
     best = mf.approach3.theta if mf.approach3 is not None else None
+    forms = {a: law_form(mf, a) for a in APPROACHES}
     check = rolling_check(mf.points, spec, min_train=min_train, seed=seed, progress=progress,
-                          best=best)  # fmt: skip
+                          best=best, forms=forms)  # fmt: skip
     preds = []
     for q in mf.predictions:
         if q.approach not in APPROACHES or q.loss is None:
