@@ -286,12 +286,14 @@ def test_scaling_fit_reports_the_rolling_check():
     text = summary(report)
     assert "rolling held-out check" in text and "bootstrap intervals held" in text
     assert "which approach to trust" in text and "calibrated" in text
+    assert "τ from two folds or fewer is a rough guide" in text  # 4 budgets: 2 folds
     js = clean_json(report.to_json())["methods"]["all"]["calibration"]
     assert set(js["calibrations"]) == {"approach3", "approach2"}
     assert js["predictions"][0]["calibrated"] is not None
     off = fit.fit(table, fast_spec(holdout={"rolling": False}),
                   Columns(params="N", tokens="D", loss="L", flops="C", budget="budget"))  # fmt: skip
     assert off.methods["all"].calibration is None
+    assert "two folds or fewer" not in summary(off)
 
 
 def test_advice_names_the_trusted_loss_where_approach3_is_outvoted():
