@@ -21,7 +21,14 @@ Design (docs/methods.md; LST = Sung et al. 2022, QST = Zhang et al. 2024):
 5. Generation keeps two transformers caches (:class:`LadderCache`): the backbone's own ``DynamicCache``
    and one for the side layers, built from the side config so each side layer caches like the backbone
    layer whose mask it reads (sliding windows included). Every decoding step then runs the backbone and
-   the side net over the new token only, O(n) per token like any causal LM.
+   the side net over the new token only, O(n) per token like any causal LM. With a cache the backbone's
+   decoder layers are called directly (:meth:`LadderModel.cached_backbone_states`), with the masks
+   transformers' ``create_masks_for_generate`` builds as the family's model forward would: at a small
+   width a decoding step is bound by per-call overhead, and the model wrapper's (output capture, hooks,
+   an unused final norm) is a sizeable share of it. For the same reason a one-token step without padding
+   runs without a mask, and cos/sin come from tables computed once per generation. The uncached path
+   keeps the wrapper and its hooks, so the tests that compare the two also check the direct path
+   against transformers' own forward.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache
+from transformers.masking_utils import create_masks_for_generate
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from scaling.arch import Arch, SideGeometry
@@ -46,6 +54,29 @@ SIDE_WEIGHTS = "side.safetensors"
 
 def _rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), eps=eps)
+
+
+def rotary_table(rotary: nn.Module, length: int, dtype: torch.dtype, device):
+    """The (cos, sin) that ``rotary`` (a family's rotary embedding) gives positions 0..length-1, each
+    (length, head_dim), for inputs of ``dtype`` on ``device``; None for the RoPE types whose frequencies
+    change with the positions seen (transformers' ``dynamic_rope_update``: dynamic, longrope). Each
+    position's row is the same elementwise product and cos/sin the module computes per call."""
+    kind = getattr(rotary, "rope_type", "default")
+    if not isinstance(kind, str) or "dynamic" in kind or kind == "longrope":
+        return None
+    # The module reads only its input's dtype and device; an empty tensor, not a parameter's view, so
+    # that nothing asks for gradients (FlopCounterMode's module tracker hooks inputs that need them).
+    like = torch.empty(0, dtype=dtype, device=device)
+    cos, sin = rotary(like, torch.arange(length, device=device)[None])
+    return cos[0], sin[0]
+
+
+def rotary_embeddings(rotary: nn.Module, table, x: torch.Tensor, position_ids: torch.Tensor):
+    """``rotary(x, position_ids)``, looked up in ``table`` (:func:`rotary_table`) when there is one."""
+    if table is None:
+        return rotary(x, position_ids)
+    cos, sin = table
+    return cos[position_ids], sin[position_ids]
 
 
 def side_config(backbone_config, geom: SideGeometry):
@@ -99,22 +130,27 @@ class SideNet(nn.Module):
             self.w_up.weight.zero_()  # step 0 reproduces the backbone exactly
 
     def forward(
-        self, states: dict, position_ids: torch.Tensor, past_key_values: DynamicCache | None = None
+        self,
+        states: dict,
+        position_ids: torch.Tensor,
+        past_key_values: DynamicCache | None = None,
+        rotary=None,
     ) -> torch.Tensor:
         """W_up(norm(s)) for the positions in ``states``; with ``past_key_values`` (the side layers'
-        cache, side layer j at index j) each side layer attends to the cached earlier positions too."""
+        cache, side layer j at index j) each side layer attends to the cached earlier positions too.
+        ``rotary``: a :func:`rotary_table` of the side rotary embedding, to look positions up in."""
         geom = self.geom
         dtype = self.w_in.weight.dtype
         s = self.w_in(_rms(states["hidden"][geom.input_layer].to(dtype)))
-        position_embeddings = self.rotary_emb(s, position_ids)
+        position_embeddings = rotary_embeddings(self.rotary_emb, rotary, s, position_ids)
         mu = torch.sigmoid(self.gates / self.temperature)
-        ladder = 0
-        for j, layer in enumerate(self.layers):
-            c = geom.connections[j]
+        # Each gate and its complement as 0-d tensors, two ops for all ladders (the same values as
+        # indexing per ladder, which a decoding step would pay for at every ladder).
+        gates = zip(self.ladders, mu.unbind(), (1 - mu).unbind(), strict=True)
+        for c, layer in zip(geom.connections, self.layers, strict=True):
             if c is not None:
-                down = self.ladders[ladder](_rms(states["hidden"][c].to(dtype)))
-                s = mu[ladder] * s + (1 - mu[ladder]) * down
-                ladder += 1
+                ladder, m, m_rest = next(gates)
+                s = m * s + m_rest * ladder(_rms(states["hidden"][c].to(dtype)))
             mask = states["mask"][c if c is not None else self.last_layer]
             out = layer(
                 s,
@@ -148,6 +184,9 @@ class LadderCache:
     def __init__(self, backbone_config, side_config) -> None:
         self.backbone = DynamicCache(config=backbone_config)
         self.side = DynamicCache(config=side_config)
+        # (backbone, side) rotary tables (:func:`rotary_table`) that :meth:`LadderModel.generate`
+        # computes once for the positions it will decode, instead of cos/sin at every step.
+        self.rotary = (None, None)
 
     def get_seq_length(self) -> int:
         return self.backbone.get_seq_length()
@@ -169,18 +208,15 @@ class LadderModel(MethodModel):
             device=device, dtype=compute_dtype(cfg.compute_dtype)
         )
         self._states: dict | None = None
-        layers = backbone.get_decoder().layers
+        # Looked up once: ``get_decoder``/``get_output_embeddings`` cost tens of µs a call in
+        # transformers 5, a visible share of a decoding step. A tuple, so that nn.Module does not
+        # register the decoder a second time.
+        self._parts = (backbone.get_decoder(), backbone.get_output_embeddings())
         # Keep only the hidden states the side net reads: its ladders, its input, and the last layer
         # (fusion and the free layers' masks); every other layer's output is dropped as it goes.
         self.read_layers = sorted(
             {c for c in geom.connections if c is not None} | {geom.input_layer, arch.num_layers - 1}
         )
-        self._hooks = [layers[0].register_forward_pre_hook(self._grab_input, with_kwargs=True)]
-        self._hooks += [
-            layers[i].register_forward_hook(self._grab(i), with_kwargs=True)
-            for i in self.read_layers
-            if i >= 0
-        ]
 
     @classmethod
     def build(cls, backbone, cfg) -> LadderModel:
@@ -225,10 +261,24 @@ class LadderModel(MethodModel):
         received (``mask[-1]`` layer 0's). With ``past_key_values`` (the backbone's cache) only the new
         positions run, and the masks span the cached ones too.
         """
+        if past_key_values is not None:
+            with torch.no_grad():
+                return self.cached_backbone_states(
+                    input_ids, attention_mask, position_ids, past_key_values
+                )
+        # Hooks live only for this call: a layer with hooks takes torch's slower call path, which the
+        # cached path (calling the layers itself) should not pay.
+        layers = self._parts[0].layers
+        hooks = [layers[0].register_forward_pre_hook(self._grab_input, with_kwargs=True)]
+        hooks += [
+            layers[i].register_forward_hook(self._grab(i), with_kwargs=True)
+            for i in self.read_layers
+            if i >= 0
+        ]
         self._states = {"hidden": {}, "mask": {}, "position_ids": None}
         try:
             with torch.no_grad():
-                self.backbone.get_decoder()(
+                self._parts[0](
                     input_ids=input_ids,
                     attention_mask=attention_mask,
                     position_ids=position_ids,
@@ -238,6 +288,59 @@ class LadderModel(MethodModel):
             return self._states
         finally:
             self._states = None
+            for hook in hooks:
+                hook.remove()
+
+    def cached_backbone_states(
+        self, input_ids, attention_mask, position_ids, cache, rotary=None
+    ) -> dict:
+        """:meth:`backbone_states` over a cache (``cache``: the backbone's ``DynamicCache``), calling the
+        decoder layers directly: what the family's model forward does (embed, masks, rotary, layers),
+        without its per-call wrapper, hooks and final norm. The masks come from transformers'
+        ``create_masks_for_generate``, which builds them as the Llama / Mistral / Qwen2 forwards do
+        (one causal or sliding-window mask, or one per layer type). ``rotary``: a :func:`rotary_table`
+        of the backbone's rotary embedding, to look positions up in."""
+        decoder = self._parts[0]
+        h = decoder.embed_tokens(input_ids)
+        if position_ids is None:  # as the model forward: the positions after the cached ones
+            position_ids = torch.arange(h.shape[1], device=h.device) + cache.get_seq_length()
+            position_ids = position_ids.unsqueeze(0)
+        if h.shape[1] == 1 and (attention_mask is None or bool(attention_mask.all())):
+            # One new token and no padding: it attends to every cached position (a sliding-window
+            # layer's cache keeps only its window: new_cache builds both caches from the configs the
+            # layers attend by), so no mask is needed; transformers would build one per step, an
+            # all-true one for the sliding layers once their window is full.
+            masks = None
+        else:
+            masks = create_masks_for_generate(
+                config=decoder.config,
+                inputs_embeds=h,
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                position_ids=position_ids,
+            )
+        types = getattr(decoder.config, "layer_types", None)
+        position_embeddings = rotary_embeddings(decoder.rotary_emb, rotary, h, position_ids)
+        hidden, mask, read = {}, {}, self.read_layers
+        if -1 in read:
+            hidden[-1] = h
+        # The model forward iterates ``layers[:num_hidden_layers]``; slicing a ModuleList builds a new
+        # one (tens of µs a step), and the two are the same list for these families.
+        for i, layer in enumerate(decoder.layers):
+            m = masks[types[i]] if isinstance(masks, dict) else masks
+            if i == 0:
+                mask[-1] = m
+            h = layer(
+                h,
+                attention_mask=m,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                position_embeddings=position_embeddings,
+            )
+            if i in read:
+                hidden[i], mask[i] = h, m
+        return {"hidden": hidden, "mask": mask, "position_ids": position_ids}
 
     def new_cache(self) -> LadderCache:
         """Empty caches for :meth:`forward` (``past_key_values=``) and :meth:`generate`."""
@@ -267,22 +370,29 @@ class LadderModel(MethodModel):
         self, input_ids, attention_mask=None, position_ids=None, past_key_values=None
     ):
         cache = past_key_values
-        states = self.backbone_states(
-            input_ids, attention_mask, position_ids, cache.backbone if cache is not None else None
-        )
+        if cache is None:
+            states = self.backbone_states(input_ids, attention_mask, position_ids)
+        else:
+            with torch.no_grad():
+                states = self.cached_backbone_states(
+                    input_ids, attention_mask, position_ids, cache.backbone, cache.rotary[0]
+                )
         pos = states["position_ids"]
         if pos is None:
             pos = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        up = self.side(states, pos, cache.side if cache is not None else None)
+        if cache is None:
+            up = self.side(states, pos)
+        else:
+            up = self.side(states, pos, cache.side, cache.rotary[1])
         last = states["hidden"][self.arch.num_layers - 1]
         hidden = self.side.fuse(last.to(up.dtype), up)
         del states, last  # the backbone's states are not needed past this point
-        return self.backbone.get_decoder().norm(hidden.to(self.output_head().weight.dtype))
+        decoder, head = self._parts
+        return decoder.norm(hidden.to(head.weight.dtype))
 
     def output_head(self) -> nn.Linear:
-        return self.backbone.get_output_embeddings()
+        return self._parts[1]
 
-    @torch.no_grad()
     def generate(
         self,
         input_ids: torch.Tensor,
@@ -305,16 +415,37 @@ class LadderModel(MethodModel):
         against, token for token. Rows that emitted ``eos_token_id``, or that any of
         ``stopping_criteria`` (transformers' ``StoppingCriteria``: ``(ids, scores) → bool per row``)
         marks done, continue with ``pad_token_id``; decoding ends when every row is done."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        with torch.inference_mode():  # cheaper per op than no_grad: no version counters, no views
+            ids = self._decode(input_ids, attention_mask, max_new_tokens, do_sample, temperature,
+                               top_k, eos_token_id, pad_token_id, generator, use_cache,
+                               stopping_criteria)  # fmt: skip
+        return ids.clone()  # a normal tensor again: callers may edit it in place
+
+    def _decode(self, input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_k,
+                eos_token_id, pad_token_id, generator, use_cache, stopping_criteria):  # fmt: skip
+        batch, length = input_ids.shape
         pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        # Token ids and attention mask live in buffers of the final length, written one column per
+        # step, instead of growing by torch.cat; each step reads a view of the first ``length``.
+        ids = input_ids.new_full((batch, length + max_new_tokens), pad)
+        ids[:, :length] = input_ids
+        mask = torch.zeros_like(ids)
+        mask[:, :length] = 1 if attention_mask is None else attention_mask
+        done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         cache = self.new_cache() if use_cache else None
-        feed = input_ids
         head = self.output_head()
+        if use_cache:  # cos/sin of every position this generation reaches, computed once
+            decoder, end = self._parts[0], length + max_new_tokens
+            embed, w_in = decoder.embed_tokens.weight, self.side.w_in.weight
+            cache.rotary = (
+                rotary_table(decoder.rotary_emb, end, embed.dtype, embed.device),
+                rotary_table(self.side.rotary_emb, end, w_in.dtype, w_in.device),
+            )
+        position_ids = (mask[:, :length].cumsum(-1) - 1).clamp(min=0)  # the prompt's
+        seen = mask[:, :length].sum(-1, keepdim=True)  # non-pad positions so far, per row
+        feed = input_ids
         for _ in range(max_new_tokens):
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -feed.shape[1] :]
-            hidden = self.hidden_states(feed, attention_mask, position_ids, cache)
+            hidden = self.hidden_states(feed, mask[:, :length], position_ids, cache)
             logits = head(hidden[:, -1]).float()  # only the last position is decoded
             if do_sample:
                 logits = logits / max(temperature, 1e-6)
@@ -324,17 +455,26 @@ class LadderModel(MethodModel):
                 nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
             else:
                 nxt = logits.argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            input_ids = torch.cat([input_ids, nxt[:, None]], dim=-1)
-            attention_mask = torch.cat([attention_mask, (~done).long()[:, None]], dim=-1)
-            feed = nxt[:, None] if use_cache else input_ids
+            nxt.masked_fill_(done, pad)
+            live = ~done
+            ids[:, length] = nxt
+            mask[:, length] = live
+            seen += live[:, None]
+            length += 1
+            if use_cache:  # the new token only, at its position (the non-pad ones before it)
+                feed, position_ids = ids[:, length - 1 : length], (seen - 1).clamp(min=0)
+            else:  # the whole prefix again
+                feed = ids[:, :length]
+                position_ids = (mask[:, :length].cumsum(-1) - 1).clamp(min=0)
+            if eos_token_id is None and not stopping_criteria:
+                continue  # no row can finish early
             if eos_token_id is not None:
                 done |= nxt == eos_token_id
             for criterion in stopping_criteria or ():
-                done |= criterion(input_ids, logits).to(done.device)
+                done |= criterion(ids[:, :length], logits).to(done.device)
             if done.all():
                 break
-        return input_ids
+        return ids[:, :length]
 
     def save_weights(self, directory) -> None:
         state = {k: v.detach().contiguous().cpu() for k, v in self.side.state_dict().items()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, TINY
+from conftest import FAMILIES, TINY, make_tiny
 
 from scaling import methods
 from scaling.errors import ScalingError
@@ -48,6 +48,37 @@ def test_cached_generation_equals_uncached(tiny_models, family, method, dials):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize(("method", "dials"), SIDE_NETS)
+def test_unpadded_cached_generation_equals_uncached(tiny_models, family, method, dials):
+    # Without padding a one-token step runs without an attention mask (a path of its own): past
+    # Mistral's window of 8 too, and for one row and several.
+    model = trained_like(methods.build(method, tiny_models[family], quantization="none", **dials))
+    ids = prompts()[0]
+    for rows in (ids[:1], ids):
+        cached = model.generate(rows, max_new_tokens=24)
+        assert torch.equal(cached, model.generate(rows, max_new_tokens=24, use_cache=False))
+    assert not cached.is_inference()  # a normal tensor: callers may edit it in place
+    cached[:, -1] = 0
+    # The hooks that capture the backbone's states live only during an uncached forward.
+    assert not any(layer._forward_hooks or layer._forward_pre_hooks
+                   for layer in model.backbone.get_decoder().layers)  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "dials"), SIDE_NETS)
+def test_cached_generation_on_a_hybrid_sliding_window_backbone(tmp_path, method, dials):
+    # Qwen2 with sliding-window layers after a full-attention one: one mask per layer type, and
+    # side layers that cache and attend like the backbone layer they read.
+    path = make_tiny("qwen2", tmp_path / "hybrid", use_sliding_window=True, sliding_window=8,
+                     max_window_layers=1)  # fmt: skip
+    model = trained_like(methods.build(method, path, quantization="none", **dials))
+    assert model.backbone.config.layer_types == ["full_attention"] + ["sliding_attention"] * 2
+    ids, mask = prompts()
+    for m in (mask, None):  # left padding, and none
+        cached = model.generate(ids, m, max_new_tokens=24)
+        assert torch.equal(cached, model.generate(ids, m, max_new_tokens=24, use_cache=False))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_cached_forward_logits_match_full_forward(tiny_models, family):
     model = trained_like(
         methods.build("xladder", tiny_models[family], quantization="none", delta=1)
@@ -70,6 +101,20 @@ def test_cached_forward_logits_match_full_forward(tiny_models, family):
     torch.testing.assert_close(torch.cat(steps, 1)[rows], full[rows], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_cached_forward_without_mask_or_positions_matches_full_forward(tiny_models, family):
+    # No attention_mask and no position_ids: the positions follow the cached ones, and each
+    # one-token step runs without a mask (12 tokens: past Mistral's window of 8).
+    model = trained_like(methods.build("ladder", tiny_models[family], quantization="none"))
+    ids = prompts()[0].repeat(1, 2)[:, :12]
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.new_cache()
+        steps = [model(ids[:, :5], past_key_values=cache).logits]
+        steps += [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-5)
+
+
 def test_cached_sampling_and_eos_equal_uncached(tiny_llama):
     model = trained_like(methods.build("ladder", tiny_llama, quantization="none", reduction=4))
     ids, mask = prompts()
@@ -90,6 +135,25 @@ def test_cached_generation_on_an_nf4_backbone(tiny_llama):
     ids, mask = prompts()
     assert torch.equal(model.generate(ids, mask, max_new_tokens=12),
                        model.generate(ids, mask, max_new_tokens=12, use_cache=False))  # fmt: skip
+
+
+def test_rotary_tables_give_the_rotary_embeddings(tiny_models):
+    # generate looks cos/sin up in tables computed once; they are the per-step module outputs.
+    from scaling.methods.sidenet import rotary_table
+
+    model = methods.build("xladder", tiny_models["qwen2"], quantization="none", delta=1)
+    decoder = model.backbone.get_decoder()
+    pos = torch.tensor([[0, 7, 39], [3, 3, 20]])
+    for rotary, like in ((decoder.rotary_emb, decoder.embed_tokens.weight[:0]),
+                         (model.side.rotary_emb, model.side.w_in.weight[:0])):  # fmt: skip
+        cos, sin = rotary_table(rotary, 40, like.dtype, like.device)
+        assert cos.shape == (40, rotary.inv_freq.numel() * 2)
+        want_cos, want_sin = rotary(like, pos)
+        torch.testing.assert_close(cos[pos], want_cos)
+        torch.testing.assert_close(sin[pos], want_sin)
+    # Frequencies that change with the positions seen (dynamic NTK, LongRoPE): no table.
+    rotary.rope_type = "dynamic"
+    assert rotary_table(rotary, 40, like.dtype, like.device) is None
 
 
 def test_foreign_cache_is_a_clear_error(tiny_llama):
