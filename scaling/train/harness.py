@@ -184,12 +184,12 @@ def evaluate_run(
         raise ScalingError("--tasks names no task")
     if include_path is not None and not Path(include_path).is_dir():
         raise ScalingError(f"--include-path {include_path}: no such directory")
+    run = open_run(run_dir)  # before the task index, which takes seconds to build
     manager = TaskManager(include_path=include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ScalingError(f"unknown lm-eval task(s) {', '.join(unknown)} (see `lm_eval ls tasks`;"
                            " a local task needs --include-path)")  # fmt: skip
-    run = open_run(run_dir)
     target = Path(out) if out else run.path / RESULTS_DIR / ("+".join(tasks) + ".json")
     io.check_writable(target)
     model, tokenizer = load_run_model(run_dir)

@@ -164,6 +164,10 @@ def test_the_adapter_scores_like_the_model(trained_run):
 def test_bad_eval_input_is_one_line(trained_run, tmp_path, capsys):
     assert cli.main(["eval", str(trained_run), "--tasks", "no_such_task_xyz"]) == 2
     assert "unknown lm-eval task" in capsys.readouterr().err
+    # a wrong run directory is named before the tasks are looked up (the task index takes seconds)
+    assert cli.main(["eval", str(tmp_path / "nowhere"), "--tasks", "no_such_task_xyz"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "unknown lm-eval task" not in err and len(err.splitlines()) == 1
     with pytest.raises(ScalingError, match="no such directory"):
         evaluate_run(trained_run, ["x"], include_path=str(tmp_path / "missing"))
     untrained = tmp_path / "untrained"
