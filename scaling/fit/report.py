@@ -352,7 +352,8 @@ def _rolling(report: FitReport) -> list[str]:
                 f", calibrated {c.calibrated_coverage:.0%} (τ from the other folds)")  # fmt: skip
             recs.append(f"  {m} {name}: bootstrap intervals held {cov} observed minima{loo}; "
                         f"RMS error {c.rmse:.2%}, bias {c.bias:+.2%}; discrepancy τ = "
-                        f"{c.tau:.2%} per decade from {c.dof} fold(s)")  # fmt: skip
+                        f"{c.tau:.2%} per decade from {c.dof} fold(s)"
+                        + (f" ({c.tau_folds})" if c.tau_folds else ""))  # fmt: skip
     few = any(0 < c.dof <= 2 for mf in report.methods.values() if mf.calibration
               for c in mf.calibration.check.calibrations.values())  # fmt: skip
     if few:  # docs/fitting.md, "Calibrated extrapolation": measured on the coverage suites

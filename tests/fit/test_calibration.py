@@ -287,6 +287,7 @@ def test_scaling_fit_reports_the_rolling_check():
     assert "rolling held-out check" in text and "bootstrap intervals held" in text
     assert "which approach to trust" in text and "calibrated" in text
     assert "τ from two folds or fewer is a rough guide" in text  # 4 budgets: 2 folds
+    assert "fold(s) (approach3's folds of the saturating L*(C) law)" in text  # which folds τ uses
     js = clean_json(report.to_json())["methods"]["all"]["calibration"]
     assert set(js["calibrations"]) == {"approach3", "approach2"}
     assert js["predictions"][0]["calibrated"] is not None
