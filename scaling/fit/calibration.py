@@ -412,22 +412,19 @@ def rolling_folds(
     spec: FitSpec,
     *,
     min_train: int = 2,
-    max_folds: int | None = None,
     seed: int = 0,
     progress=None,
     best: np.ndarray | None = None,
 ) -> tuple[Fold, ...]:
     """Every rolling-origin fold of ``points`` (module docstring): for each budget with an interior
-    isoFLOP minimum and at least ``min_train`` budgets below it (the ``max_folds`` largest such, if
-    given), a refit on the budgets below and its prediction of that budget's L* per approach.
+    isoFLOP minimum and at least ``min_train`` budgets below it, a refit on the budgets below and
+    its prediction of that budget's L* per approach.
     ``best``: the full fit's approach-3 θ; given, each refit starts from it and a tenth of the grid
     (:func:`scaling.fit.holdout.holdout_starts`, as the held-out check does) instead of the grid."""
     progress = progress or (lambda stage: None)
     optima = observed_optima(points, spec)
     spreads = observed_spreads(points, spec, seed)
     targets = [g for g in sorted(optima) if g >= min_train]
-    if max_folds is not None:
-        targets = targets[len(targets) - max_folds :] if max_folds > 0 else []
     folds = []
     for g in targets:
         c = float(points.budgets[g])
@@ -459,7 +456,6 @@ def rolling_check(
     spec: FitSpec,
     *,
     min_train: int = 2,
-    max_folds: int | None = None,
     seed: int = 0,
     progress=None,
     best: np.ndarray | None = None,
@@ -473,7 +469,7 @@ def rolling_check(
     if not spec.approach2.enabled:
         reason = "the observed optimum is a budget's isoFLOP parabola: approach 2 is disabled"
         return RollingCheck(points.method, level, (), {}, reason)
-    folds = rolling_folds(points, spec, min_train=min_train, max_folds=max_folds, seed=seed,
+    folds = rolling_folds(points, spec, min_train=min_train, seed=seed,
                           progress=progress, best=best)  # fmt: skip
     if not folds:
         n = len(observed_optima(points, spec))

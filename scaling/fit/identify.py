@@ -44,25 +44,32 @@ def _over_a_decade(ci: tuple[float, float] | None) -> bool:
     return ci is not None and ci[0] > 0 and ci[1] / ci[0] > DECADE
 
 
-def _fmt(ci: tuple[float, float]) -> str:
+def fmt_interval(ci: tuple[float, float]) -> str:
     return f"[{ci[0]:.3g}, {ci[1]:.3g}]"
 
 
-def _outside(what: str, value: float | None, ci: tuple[float, float] | None, pct: str) -> list[str]:
-    """The reason when ``value`` lies outside its own interval ``ci`` (module docstring)."""
+def outside(what: str, value: float | None, ci: tuple[float, float] | None, pct: str) -> list[str]:
+    """The reason when ``value`` lies outside its own interval ``ci`` (module docstring), up to a
+    relative 1e-9 (an estimate equal to an interval end, as a resample may reproduce it, is in)."""
     if value is None or ci is None or not all(map(math.isfinite, (value, *ci))):
         return []
-    if ci[0] <= value <= ci[1]:
+    if ci[0] - 1e-9 * abs(value) <= value <= ci[1] + 1e-9 * abs(value):
         return []
-    return [f"{what} = {value:.3g} lies outside its own {pct} interval {_fmt(ci)}: the resampled "
-            "fits land elsewhere (a parameter on a boundary, or another basin)"]  # fmt: skip
+    return [f"{what} = {value:.3g} lies outside its own {pct} interval {fmt_interval(ci)}: the "
+            "resampled fits land elsewhere (a parameter on a boundary, or another basin)"]  # fmt: skip
+
+
+def failed_reason(failed: int, total: int) -> list[str]:
+    """The reason when most of ``total`` bootstrap resamples ``failed`` (module docstring)."""
+    return (
+        [f"{failed} of {total} bootstrap resamples failed"] if total and failed > total / 2 else []
+    )
 
 
 def _failed(info: dict | None) -> list[str]:
     if not info or not info.get("resamples"):
         return []
-    failed, total = int(info.get("failed", 0)), int(info["resamples"])
-    return [f"{failed} of {total} bootstrap resamples failed"] if failed > total / 2 else []
+    return failed_reason(int(info.get("failed", 0)), int(info["resamples"]))
 
 
 def approach3_reasons(a3, info: dict | None, level: float = 0.95) -> list[str]:
@@ -81,15 +88,17 @@ def approach3_reasons(a3, info: dict | None, level: float = 0.95) -> list[str]:
     for key in ("alpha", "beta", "loss_exponent"):
         ci = a3.ci.get(key)
         if _reaches_zero(ci):
-            reasons.append(f"{NAMES[key]}'s {pct} interval {_fmt(ci)} reaches zero")
+            reasons.append(f"{NAMES[key]}'s {pct} interval {fmt_interval(ci)} reaches zero")
     if a3.n_opt is not None and _reaches_zero(a3.n_opt.ci.get("a")):
-        reasons.append(f"the N*(C) exponent's {pct} interval {_fmt(a3.n_opt.ci['a'])} reaches zero")
+        reasons.append(
+            f"the N*(C) exponent's {pct} interval {fmt_interval(a3.n_opt.ci['a'])} reaches zero"
+        )
     if _over_a_decade(a3.ci.get("E")):
-        reasons.append(f"E's {pct} interval {_fmt(a3.ci['E'])} spans more than a decade")
+        reasons.append(f"E's {pct} interval {fmt_interval(a3.ci['E'])} spans more than a decade")
     for key, value in (("alpha", a3.alpha), ("beta", a3.beta), ("E", a3.E)):
-        reasons += _outside(NAMES.get(key.lower(), key), value, a3.ci.get(key), pct)
+        reasons += outside(NAMES.get(key.lower(), key), value, a3.ci.get(key), pct)
     if a3.n_opt is not None:
-        reasons += _outside("the N*(C) exponent", a3.n_opt.a, a3.n_opt.ci.get("a"), pct)
+        reasons += outside("the N*(C) exponent", a3.n_opt.a, a3.n_opt.ci.get("a"), pct)
     return reasons + _failed(info)
 
 
@@ -103,21 +112,23 @@ def power_law_reasons(fit, band: tuple[float, float] | None, info: dict | None,
     reasons = []
     if _reaches_zero(fit.n_opt.ci.get("a")):
         reasons.append(
-            f"the N*(C) exponent's {pct} interval {_fmt(fit.n_opt.ci['a'])} reaches zero"
+            f"the N*(C) exponent's {pct} interval {fmt_interval(fit.n_opt.ci['a'])} reaches zero"
         )
-    reasons += _outside("the N*(C) exponent", fit.n_opt.a, fit.n_opt.ci.get("a"), pct)
+    reasons += outside("the N*(C) exponent", fit.n_opt.a, fit.n_opt.ci.get("a"), pct)
     loss = getattr(fit, "loss", None)
     if loss is not None and _reaches_zero(loss.ci.get("alpha")):
-        reasons.append(f"the L*(C) exponent's {pct} interval {_fmt(loss.ci['alpha'])} reaches zero")
+        reasons.append(
+            f"the L*(C) exponent's {pct} interval {fmt_interval(loss.ci['alpha'])} reaches zero"
+        )
     if loss is not None:
         for name in getattr(loss, "bound_hits", ()):
             value = {"E": loss.E, "A": loss.A, "alpha": loss.alpha}[name]
             reasons.append(f"the L*(C) law's {NAMES.get(name.lower(), name)} sits at its bound "
                            f"({value:.3g})" + (": the optimal losses do not bend toward a floor"
                                                if name == "E" else ""))  # fmt: skip
-        reasons += _outside("the L*(C) exponent γ", loss.alpha, loss.ci.get("alpha"), pct)
+        reasons += outside("the L*(C) exponent γ", loss.alpha, loss.ci.get("alpha"), pct)
     if _over_a_decade(band):
-        reasons.append(f"N* at the middle budget has a {pct} interval {_fmt(band)} spanning more "
+        reasons.append(f"N* at the middle budget has a {pct} interval {fmt_interval(band)} spanning more "
                        "than a decade")  # fmt: skip
     return reasons + _failed(info)
 

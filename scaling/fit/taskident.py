@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scaling.fit.identify import DECADE
+from scaling.fit.identify import DECADE, failed_reason, fmt_interval, outside
 from scaling.fit.tasklaw import STEP1_NAMES, STEP2_NAMES, SigmoidLaw, TaskLossLaw
 
 MIN_ACC_SPREAD = 0.05
@@ -29,25 +29,10 @@ MIN_RISING = 4
 |k(L − L0)| ≤ ln 9) for its slope and midpoint: one per parameter of step 2."""
 
 
-def _fmt(ci) -> str:
-    return f"[{ci[0]:.3g}, {ci[1]:.3g}]"
-
-
 def _outside(law, names: tuple[str, ...], pct: str) -> list[str]:
     """Each parameter whose point estimate lies outside its own bootstrap interval: the resamples find
     another optimum than the full data do, so neither is a measurement."""
-    out = []
-    for n in names:
-        ci, v = law.ci.get(n), getattr(law, n)
-        if ci is not None and not (ci[0] - 1e-9 * abs(v) <= v <= ci[1] + 1e-9 * abs(v)):
-            out.append(f"{n} = {v:.3g} lies outside its own {pct} interval {_fmt(ci)}")
-    return out
-
-
-def _failed(failed: int, resamples: int) -> list[str]:
-    if resamples and failed > resamples / 2:
-        return [f"{failed} of {resamples} bootstrap resamples failed"]
-    return []
+    return [r for n in names for r in outside(n, getattr(law, n), law.ci.get(n), pct)]
 
 
 def step1_reasons(law: TaskLossLaw, min_loss: float, *, failed: int = 0, resamples: int = 0,
@@ -65,11 +50,11 @@ def step1_reasons(law: TaskLossLaw, min_loss: float, *, failed: int = 0, resampl
     for n in ("alpha", "beta"):
         ci = law.ci.get(n)
         if ci is not None and ci[0] <= 1e-6:
-            reasons.append(f"{n}'s {pct} interval {_fmt(ci)} reaches zero")
+            reasons.append(f"{n}'s {pct} interval {fmt_interval(ci)} reaches zero")
     ci = law.ci.get("E")
     if ci is not None and ci[0] > 0 and ci[1] / ci[0] > DECADE:
-        reasons.append(f"E's {pct} interval {_fmt(ci)} spans more than a decade")
-    return reasons + _outside(law, STEP1_NAMES, pct) + _failed(failed, resamples)
+        reasons.append(f"E's {pct} interval {fmt_interval(ci)} spans more than a decade")
+    return reasons + _outside(law, STEP1_NAMES, pct) + failed_reason(failed, resamples)
 
 
 def step2_reasons(law: SigmoidLaw, L, acc, *, failed: int = 0, resamples: int = 0,
@@ -113,14 +98,14 @@ def step2_reasons(law: SigmoidLaw, L, acc, *, failed: int = 0, resamples: int = 
     reasons += _outside(law, STEP2_NAMES, pct)
     ci = law.ci.get("k")  # k ≤ 0: [lo, hi] with |lo| ≥ |hi|
     if ci is not None and (ci[1] >= -1e-12 or ci[0] / ci[1] > DECADE):
-        reasons.append(f"k's {pct} interval {_fmt(ci)} "
+        reasons.append(f"k's {pct} interval {fmt_interval(ci)} "
                        + ("reaches zero" if ci[1] >= -1e-12 else "spans more than a decade"))  # fmt: skip
     ci = law.ci.get("a")
     if ci is not None and (ci[0] <= 1e-12 or ci[1] / ci[0] > DECADE):
-        reasons.append(f"a's {pct} interval {_fmt(ci)} "
+        reasons.append(f"a's {pct} interval {fmt_interval(ci)} "
                        + ("reaches zero" if ci[0] <= 1e-12 else "spans more than a decade"))  # fmt: skip
     ci = law.ci.get("L0")
     if ci is not None and ci[1] - ci[0] > np.ptp(L):
-        reasons.append(f"L0's {pct} interval {_fmt(ci)} is wider than the observed task losses "
+        reasons.append(f"L0's {pct} interval {fmt_interval(ci)} is wider than the observed task losses "
                        f"({L.min():.3g}–{L.max():.3g})")  # fmt: skip
-    return reasons + _failed(failed, resamples)
+    return reasons + failed_reason(failed, resamples)

@@ -40,6 +40,7 @@ import scipy.optimize
 import scipy.special
 
 from scaling.fit import laws
+from scaling.fit.frontier import ci_json
 from scaling.fit.lbfgs import blas_single_threaded, lbfgs_batched
 from scaling.fit.points import Points
 
@@ -110,10 +111,6 @@ class SigmoidLaw:
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in (*STEP2_NAMES, "n_points", "rmse")}
         return d | {"bound_hits": list(self.bound_hits), "ci": ci_json(self.ci)}
-
-
-def ci_json(ci: dict) -> dict:
-    return {k: list(v) for k, v in ci.items()}
 
 
 # --------------------------------------------------------------------------------------------------

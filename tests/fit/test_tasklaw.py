@@ -197,7 +197,8 @@ def test_each_identification_test_flags_its_case():
     ]  # fmt: skip
     outside = dataclasses.replace(s1, ci={"E": (1.1, 1.3)})
     assert taskident.step1_reasons(outside, 1.5) == [
-        "E = 1 lies outside its own 95% interval [1.1, 1.3]"
+        "E = 1 lies outside its own 95% interval [1.1, 1.3]: the resampled fits land elsewhere "
+        "(a parameter on a boundary, or another basin)"
     ]
 
 
