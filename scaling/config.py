@@ -219,3 +219,17 @@ def check_positive_int(name: str, value: Any, *, allow_none: bool = False,
         f"{name} must be a positive integer; got {value!r}",
     )
     check(value <= maximum, f"{name} must be at most {maximum}; got {value!r}")
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for a count: one usage line for ``0``, ``-3`` or ``x``, not a traceback
+    later."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

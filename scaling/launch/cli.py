@@ -16,22 +16,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from scaling.config import positive_int
 from scaling.errors import ScalingError
 from scaling.launch.control import cancel, wait
 from scaling.launch.records import check_only
 from scaling.launch.spec import EXECUTORS
 from scaling.launch.status import collect, fmt_minutes, render
 from scaling.launch.submit import Launched, launch
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -53,15 +44,15 @@ def add_launch_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--account", help="SLURM account")
     g.add_argument("--qos", help="SLURM quality of service")
     g.add_argument("--constraint", help="SLURM node features, e.g. a100")
-    g.add_argument("--gpus-per-node", type=_positive_int, metavar="N")
-    g.add_argument("--cpus-per-task", type=_positive_int, metavar="N")
+    g.add_argument("--gpus-per-node", type=positive_int, metavar="N")
+    g.add_argument("--cpus-per-task", type=positive_int, metavar="N")
     g.add_argument("--mem", help="memory per node, e.g. 32GB (SLURM units: 1G = 1024M)")
     g.add_argument("--time", metavar="auto|HH:MM:SS",
                    help="time limit per job; auto: planned FLOPs / throughput × margin (default)")  # fmt: skip
     g.add_argument("--throughput", type=_positive_float, metavar="FLOP/s",
                    help="training FLOP/s of one job, for --time auto (default: measured on "
                         "finished runs of the sweep)")  # fmt: skip
-    g.add_argument("--array-parallelism", type=_positive_int, metavar="N",
+    g.add_argument("--array-parallelism", type=positive_int, metavar="N",
                    help="SLURM: array tasks running at once; local: worker processes (default 1)")  # fmt: skip
     g.add_argument("--max-requeues", type=int, metavar="N",
                    help="time-outs after which a job stops requeuing itself (default 3)")  # fmt: skip

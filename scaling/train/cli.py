@@ -14,12 +14,13 @@ import argparse
 import signal
 import sys
 
-from scaling.config import merge_tables, parse_overrides
+from scaling.config import merge_tables, parse_overrides, positive_int
 from scaling.errors import ScalingError
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from scaling.train import train
+    from scaling.runspec import TRACKERS
+    from scaling.train import tracking, train
     from scaling.train.records import failure_reason, set_train_options
 
     overrides = parse_overrides(args.set)
@@ -28,6 +29,10 @@ def run_train(args: argparse.Namespace) -> int:
         overrides = merge_tables(
             overrides, {"train": {"report_to": [] if chosen == ["none"] else chosen}}
         )
+    table = overrides.get("train")
+    report_to = table.get("report_to") if isinstance(table, dict) else None
+    if isinstance(report_to, list):  # a tracker not installed: refused before spec.json changes
+        tracking.require([t for t in report_to if t in TRACKERS])  # unknown names: check_spec's
     if overrides:
         set_train_options(args.run_dir, overrides)
     try:
@@ -114,7 +119,7 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-path", help="a folder of task YAMLs (local tasks over local files)")
     p.add_argument("--limit", type=float, help="examples per task (a fraction if < 1)")
     p.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass")
     p.add_argument("--out", help="results JSON (default: RUN_DIR/lm_eval/<tasks>.json)")
 
 

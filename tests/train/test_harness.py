@@ -164,6 +164,9 @@ def test_the_adapter_scores_like_the_model(trained_run):
 def test_bad_eval_input_is_one_line(trained_run, tmp_path, capsys):
     assert cli.main(["eval", str(trained_run), "--tasks", "no_such_task_xyz"]) == 2
     assert "unknown lm-eval task" in capsys.readouterr().err
+    # argparse's usage line, not a traceback in the scorer
+    assert cli.main(["eval", str(trained_run), "--tasks", "x", "--batch-size", "0"]) == 2
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err
     # a wrong run directory is named before the tasks are looked up (the task index takes seconds)
     assert cli.main(["eval", str(tmp_path / "nowhere"), "--tasks", "no_such_task_xyz"]) == 2
     err = capsys.readouterr().err

@@ -318,6 +318,22 @@ def test_a_tracker_not_installed_is_refused_before_anything_is_written(tmp_path,
     assert sorted(p.name for p in run.iterdir()) == before  # not even the lock file
 
 
+def test_report_to_a_tracker_not_installed_leaves_the_spec_as_it_was(tmp_path, backbone,
+                                                                     monkeypatch, capsys):  # fmt: skip
+    from scaling import cli
+
+    run = plan_run(tmp_path / "s", backbone, steps=2)
+    spec = (run / "spec.json").read_bytes()
+    real = tracking.importlib.util.find_spec
+    monkeypatch.setattr(tracking.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real(name, *a))  # fmt: skip
+    for args in (["--report-to", "wandb"], ["--set", 'train.report_to=["wandb"]']):
+        assert cli.main(["train", str(run), *args]) == 2
+        err = capsys.readouterr().err
+        assert "lists wandb, not installed here" in err and len(err.splitlines()) == 1
+        assert (run / "spec.json").read_bytes() == spec  # a later plain `scaling train` still works
+
+
 def test_a_failing_tracker_warns_once_and_the_run_goes_on(tmp_path, backbone, monkeypatch, capsys):
     pytest.importorskip("tensorboard")
     run = plan_run(tmp_path / "s", backbone, steps=4, report_to=["tensorboard"])
