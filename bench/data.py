@@ -129,12 +129,10 @@ def child_prepare(corpus: str) -> dict:
 def child_job(run: str, mode: str, report: str) -> None:
     """Train ``run``; at the end of step 1 write the time and peak RSS to ``report`` and exit."""
     from scaling.train import data, job
-    from scaling.train.tokenizers import load_tokenizer
 
     if mode == "memory":  # the path every job took before shards: read, tokenise, pack in RAM
 
-        def in_memory(spec, backbone):
-            tokenizer = load_tokenizer(backbone)
+        def in_memory(spec, backbone, tokenizer):
             return data.prepare(spec["dataset"], tokenizer, seq_len=spec["seq_len"],
                                 train_sequences=spec["steps"] * SEQS,
                                 max_epochs=spec["dataset"]["max_epochs"])  # fmt: skip
@@ -142,9 +140,9 @@ def child_job(run: str, mode: str, report: str) -> None:
         job._prepare_data = in_memory
     prepare, timing = job._prepare_data, {}
 
-    def timed(spec, backbone):  # the data's share of the start-up (imports and model: the rest)
-        started = time.perf_counter()
-        out = prepare(spec, backbone)
+    def timed(spec, backbone, tokenizer):  # the data's share of the start-up (the rest: imports,
+        started = time.perf_counter()  # tokenizer and model)
+        out = prepare(spec, backbone, tokenizer)
         timing["data_s"] = time.perf_counter() - started
         return out
 

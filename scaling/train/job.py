@@ -125,8 +125,9 @@ def train(
         return previous
     # Bad input surfaces here, before the run directory is touched (the lock file included).
     backbone = backbone_path(spec["backbone"])
-    tokens = _prepare_data(spec, backbone)
-    evals = tasks.prepare(spec.get("evaluations", []), load_tokenizer(backbone), spec["dataset"])
+    tokenizer = load_tokenizer(backbone)
+    tokens = _prepare_data(spec, backbone, tokenizer)
+    evals = tasks.prepare(spec.get("evaluations", []), tokenizer, spec["dataset"])
     with io.exclusive_lock(run.lock_path, f"run {spec['run_id']}"):
         return _train_locked(run, cfg, backbone, tokens, force=force, on_step=on_step, evals=evals)
 
@@ -151,10 +152,9 @@ def _succeeded(result: dict[str, Any] | None) -> bool:
     return result is not None and result.get("status") == "success"
 
 
-def _prepare_data(spec: dict[str, Any], backbone: str) -> shards.RunData:
+def _prepare_data(spec: dict[str, Any], backbone: str, tokenizer) -> shards.RunData:
     """The run's view of its dataset's token shards (prepared by ``scaling sweep``; built here, once
     for all jobs, if the cache lacks them): read batch by batch, never whole."""
-    tokenizer = load_tokenizer(backbone)
     vocab = spec.get("backbone_config", {}).get("vocab_size")
     if vocab is not None and len(tokenizer) > vocab:
         raise ScalingError(

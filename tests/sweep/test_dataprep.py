@@ -106,9 +106,10 @@ def test_sweep_prepares_once_names_the_data_and_a_second_sweep_reuses_it(tmp_pat
     assert planned["data"][0]["path"] == str(entries[0])
     # and a job of the sweep trains on those shards without tokenising again
     from scaling.train.job import _prepare_data
+    from scaling.train.tokenizers import load_tokenizer
 
     run = json.loads(next((tmp_path / "runs").glob("runs/*/spec.json")).read_text())
-    view = _prepare_data(run, run["backbone"])
+    view = _prepare_data(run, run["backbone"], load_tokenizer(run["backbone"]))
     assert view.shards.path == entries[0] and view.n_train > 0
 
 
