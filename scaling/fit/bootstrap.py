@@ -206,7 +206,7 @@ def _cis(samples: dict[str, np.ndarray], level: float) -> dict[str, tuple[float,
     return out
 
 
-def _bands(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+def bands(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-column percentile band of (R, m) samples (NaN where fewer than 10 are finite)."""
     q = (1 - level) / 2
     ok = np.isfinite(samples).sum(axis=0) >= 10
@@ -369,7 +369,7 @@ def _frontiers(points, a3, a2, a1, C, boot, level) -> dict[str, dict[str, np.nda
         cols = {"C": C, "N": N, "D": D, "L": L}
         b = boot.get(name)
         for key in ("N", "D", "L"):
-            lo, hi = _bands(b[key], level) if b else (np.full(len(C), np.nan),) * 2
+            lo, hi = bands(b[key], level) if b else (np.full(len(C), np.nan),) * 2
             cols[f"{key}_lo"], cols[f"{key}_hi"] = lo, hi
         out[name] = cols
     return out

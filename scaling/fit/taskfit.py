@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from scaling.errors import ScalingError
-from scaling.fit.bootstrap import interval, resample_weights
+from scaling.fit.bootstrap import bands, interval, resample_weights
 from scaling.fit.frontier import FlopsModel, fit_flops_model, optimal_allocation
 from scaling.fit.points import Points
 from scaling.fit.taskident import step1_reasons, step2_reasons
@@ -159,7 +158,7 @@ def fit_task(points: Points, curves: pl.DataFrame, task: str, spec, *, seed=0) -
         step1 = dataclasses.replace(step1, ci=_cis(boot["thetas"], STEP1_NAMES, level, step1=True))
         step2 = dataclasses.replace(step2, ci=_cis(boot["sig"], STEP2_NAMES, level))
         for key, s in (("L", boot["L"]), ("acc", boot["acc"])):
-            lo, hi = _bands(s, level)
+            lo, hi = bands(s, level)
             curve[f"{key}_lo"], curve[f"{key}_hi"] = lo, hi
     predictions = []
     for c in spec.predict:
@@ -254,13 +253,6 @@ def _cis(samples: np.ndarray, names, level: float, *, step1: bool = False) -> di
         cols = dict(zip(names, samples.T, strict=True))
     out = {k: interval(v, level) for k, v in cols.items()}
     return {k: v for k, v in out.items() if v is not None}
-
-
-def _bands(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    q = (1 - level) / 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (no interior optimum)
-        return np.nanquantile(samples, q, axis=0), np.nanquantile(samples, 1 - q, axis=0)
 
 
 def _holdout(data: TaskData, spec) -> TaskHoldout | None:
