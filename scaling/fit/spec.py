@@ -187,8 +187,7 @@ class TasksSpec(Config):
     """Huber δ on step 1's log task-loss residuals."""
     resamples: int = 200
     """Bootstrap resamples of the task laws, at most ``bootstrap.resamples``: all refitted at once by
-    the batched L-BFGS (200 resamples of 60 runs × 5 evaluations in 1.6 s on a busy 2-core machine,
-    ``bench/task_bootstrap.py``)."""
+    the batched L-BFGS (its time: ``bench/task_bootstrap.py``, results in bench/README.md)."""
     min_points: int = 6
     """Fewest runs with a final evaluation for step 1's five parameters."""
 
