@@ -17,6 +17,7 @@ the cache lock, and the other jobs wait for them and reuse them.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from scaling.errors import ScalingError
@@ -33,8 +34,14 @@ def dataset_table(spec: SweepSpec) -> dict[str, Any]:
 
 
 def check(spec: SweepSpec) -> None:
-    """One-line errors for data that cannot be read (see :func:`scaling.train.sources.check`)."""
+    """One-line errors for data that cannot be read (see :func:`scaling.train.sources.check`), and
+    for an evaluation file that is not there (each job would fail on it, after the sweep is written;
+    its contents are checked by the jobs, :mod:`scaling.train.tasks`)."""
     sources.check(dataset_table(spec))
+    for e in spec.evaluations:
+        path = e.get("path")
+        if path and not Path(path).expanduser().is_file():
+            raise ScalingError(f"evaluation {e.get('name')}: {path}: no such file")
 
 
 def describe(spec: SweepSpec) -> str:

@@ -284,6 +284,18 @@ def test_bad_evaluation_files_fail_before_the_run_is_touched(tmp_path, backbone,
     assert sorted(p.name for p in run.iterdir()) == before
 
 
+def test_a_missing_evaluation_file_stops_the_sweep_before_it_is_written(tmp_path, backbone):
+    from scaling.sweep import dataprep
+
+    missing = tmp_path / "nope.jsonl"
+    spec = sweep.load_spec(None, name="t", backbones=[backbone], methods=["ladder"],
+                           evaluations=[{"name": "mc", "task": "choice", "path": str(missing)}])  # fmt: skip
+    with pytest.raises(ScalingError, match=f"evaluation mc: {missing}: no such file"):
+        dataprep.check(spec)
+    missing.write_text('{"prompt": "2+2=", "options": ["4", "5"], "answer": 0}\n')
+    dataprep.check(spec)
+
+
 def test_the_three_statements_of_an_evaluation_agree():
     # The planner's EvalSpec, the trainer's defaults and the spec.json checks (the trainer cannot
     # import the planner, so each restates the keys).
