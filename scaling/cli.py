@@ -21,12 +21,11 @@ input; Ctrl-C is exit 130).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import typing
-from pathlib import Path
 
 from scaling.errors import ScalingError, one_line
+from scaling.provenance import git_state
 
 
 class Parser(argparse.ArgumentParser):
@@ -95,26 +94,9 @@ def version() -> str:
 
 
 def git_commit() -> str | None:
-    """The commit of the git checkout this package's own files are tracked in, or None. The files
-    must be tracked: a package installed into a virtual environment that happens to sit inside some
-    git repository is not that repository's code."""
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
-                                 timeout=10, check=True)  # fmt: skip
-        except (OSError, subprocess.SubprocessError):  # no git, not a checkout, not tracked
-            return None
-        return out.stdout.strip()
-
-    if git("ls-files", "--error-unmatch", Path(__file__).name) is None:
-        return None
-    sha = git("rev-parse", "HEAD")
-    if not sha:
-        return None
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
-    return sha + ("-dirty" if dirty else "")
+    """The commit of the checkout this package is tracked in (``-dirty`` when its files changed)."""
+    state = git_state()
+    return None if state is None else state[0] + ("-dirty" if state[1] else "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ LONGER = {"scaling.flops": 800}
 """Every FLOP, parameter and memory formula lives in one module, derived in its docstring (a project
 standard that outranks the size guide)."""
 SHARED = ("scaling.errors", "scaling.config", "scaling.io", "scaling.arch", "scaling.flops",
-          "scaling.runspec")  # fmt: skip
+          "scaling.runspec", "scaling.provenance")  # fmt: skip
 """The vocabulary every stage speaks: it imports no stage."""
 STAGES = ("scaling.methods", "scaling.sweep", "scaling.launch", "scaling.train", "scaling.fit",
           "scaling.cli")  # fmt: skip

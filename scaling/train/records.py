@@ -26,7 +26,6 @@ import re
 import resource
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ import torch
 
 from scaling import io
 from scaling.errors import ScalingError, one_line
+from scaling.provenance import git_state
 from scaling.runspec import METRICS_FILE, RESULT_FILE, SPEC_FILE, check_spec, open_run
 
 if TYPE_CHECKING:
@@ -65,15 +65,6 @@ def peak_memory_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10, check=True)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
 def provenance(seed: int) -> dict[str, Any]:
     """Which code, libraries and machine produced a result."""
     from importlib import metadata
@@ -84,8 +75,7 @@ def provenance(seed: int) -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    sha = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    state = git_state()  # the same as `scaling --version`
     if torch.cuda.is_available():
         device = f"cuda: {torch.cuda.get_device_name()}"
     else:
@@ -93,7 +83,7 @@ def provenance(seed: int) -> dict[str, Any]:
             f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         )
     return {
-        "git_sha": sha, "git_dirty": None if dirty is None else dirty != "",
+        "git_sha": state and state[0], "git_dirty": state and state[1],
         "versions": versions, "python": platform.python_version(), "device": device,
         "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "seed": seed,
     }  # fmt: skip
