@@ -46,11 +46,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from scaling import flops
 from scaling.arch import Arch
 from scaling.errors import ScalingError, one_line
-from scaling.runspec import EVAL_TASKS
 from scaling.train.records import TASK_COLUMNS, TASK_KIND
 from scaling.train.synthetic import synthetic_arithmetic
 
-TASKS = EVAL_TASKS
 EVAL_DEFAULTS: dict[str, Any] = {
     "task": "arithmetic", "examples": 64, "max_new_tokens": 128, "batch_size": 16, "every": 0,
     "path": None, "prompt_field": "prompt", "answer_field": "answer", "options_field": "options",
