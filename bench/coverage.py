@@ -3,14 +3,16 @@
     python bench/coverage.py                          # synthetic suites, 40 seeds, 5 and 7 budgets
     python bench/coverage.py --seeds 10 --budgets 5   # a quick look
     python bench/coverage.py --data DIR               # also a public sweep (see below)
-    python bench/coverage.py --readme                 # re-render bench/README.md's table
+    python bench/coverage.py --readme                 # re-render the tables (README, docs)
 
-**Synthetic suites** (:mod:`scaling.fit.coverage`): sweeps from Hoffmann et al.'s law (the form
-approach 3 assumes), from the law with an extra curvature in log C, and with under-trained runs;
-``--budgets`` log-spaced budgets half a decade apart, 7 sizes each (±0.8 decade around the optimum),
-0.5% log-normal noise. Per seed the last budget is held out; every approach is fitted on the others
-(bootstrap included) and predicts its L*; the earlier rolling-origin folds calibrate the widening.
-The coverage is the share of seeds whose interval holds the last budget's observed isoFLOP minimum.
+**Synthetic suites** (:mod:`scaling.fit.coverage`): each seed a sweep of ``--methods`` methods
+(Hoffmann et al.'s law, the form approach 3 assumes, and two neighbours), well specified, with an
+extra curvature in log C, or with under-trained runs; ``--budgets`` log-spaced budgets half a decade
+apart, 7 sizes each (±0.8 decade around the optimum), 0.5% log-normal noise. Each method's last
+budget is held out; every approach is fitted on the others (bootstrap included) and predicts its L*;
+the earlier rolling-origin folds calibrate the widening: pooled over the methods (``holdout.pool``,
+as ``scaling fit`` does) and, for comparison, each method's own alone. The coverage is the share of
+trials (seeds × methods) whose interval holds the last budget's observed isoFLOP minimum.
 
 **Public sweep**: Hoffmann et al.'s (2022) isoFLOP points as digitised by Epoch AI
 (``svg_extracted_data.csv``: model size, training FLOPs, loss; D = C/6N), not shipped (no licence to
@@ -20,7 +22,8 @@ that part is skipped and says so. Every rolling-origin fold is fitted with the d
 the folds before it.
 
 Writes bench/results/coverage.json; ``--readme`` renders its table between
-``<!-- generated:coverage -->`` markers of bench/README.md.
+``<!-- generated:coverage -->`` markers of bench/README.md, and a summary between
+``<!-- generated:coverage-summary -->`` markers of docs/fitting.md.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import numpy as np
 import scipy
 
 from scaling.fit import coverage
-from scaling.fit.calibration import APPROACHES, rolling_folds
+from scaling.fit.folds import APPROACHES, rolling_folds
 from scaling.fit.lbfgs import single_threaded_blas
 from scaling.fit.spec import FitSpec
 from scaling.io import write_json
@@ -55,7 +58,7 @@ FOUR_STARTS = {"alpha": [0.5], "e": [0.5], "a": [0.0, 10.0], "polish": 1}
 same optimum as a 32-start grid (tests/fit/test_calibration.py uses the same)."""
 
 
-def synthetic(seeds: int, budgets: list[int], resamples: int) -> list[dict]:
+def synthetic(seeds: int, budgets: list[int], resamples: int, methods: int) -> list[dict]:
     spec = FitSpec.from_dict({"approach3": FOUR_STARTS,
                               "bootstrap": {"resamples": resamples, "starts": 1}})  # fmt: skip
     rows = []
@@ -65,11 +68,12 @@ def synthetic(seeds: int, budgets: list[int], resamples: int) -> list[dict]:
                           ("curvature", {"curvature": coverage.CURVATURE}),
                           ("undertrained", {"undertrained": coverage.UNDERTRAINED})):  # fmt: skip
             t = time.perf_counter()
-            r = coverage.measure(lambda s, kw=kw, grid=grid: coverage.sweep(s, budgets=grid, **kw),
-                                 seeds=range(seeds), spec=spec, name=suite)  # fmt: skip
+            r = coverage.measure(lambda s, m, kw=kw, grid=grid: coverage.sweep(
+                                     s, method=m, budgets=grid, **kw),
+                                 seeds=range(seeds), spec=spec, name=suite, methods=methods)  # fmt: skip
             for a in r.n:
                 print(f"{nb} budgets: {r.line(a)}", flush=True)
-            rows.append(r.to_json() | {"budgets": nb, "seeds": seeds,
+            rows.append(r.to_json() | {"budgets": nb, "seeds": seeds, "methods": methods,
                                        "wall_s": time.perf_counter() - t})  # fmt: skip
     return rows
 
@@ -139,19 +143,23 @@ def table(out: dict) -> str:
              f"{out['wall_s']:.0f} s) on {out['cpus']} CPUs (load average "
              f"{out['load_average_before']:.1f} before, {out['load_average_after']:.1f} after). "
              f"Nominal level {out['level']:.0%}.", "",
-             "Calibrated: the interval of the observed optimum (its own bootstrap spread added); "
-             "last column: its width over the bootstrap interval with only that spread added.", "",
-             "| budgets (calibration folds) | suite | approach | seeds | bootstrap coverage | "
-             "calibrated coverage | median width calibrated / bootstrap | … / bootstrap ⊕ "
-             "observed spread |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "Trials: each seed is a sweep of three methods (different laws, one misspecification), "
+             "each method's last budget held out. Calibrated: the interval of the observed optimum "
+             "(its own bootstrap spread added), τ the larger of the method's own folds' and the "
+             "sweep's (`holdout.pool`); own folds: τ from the method's folds alone. Width columns: "
+             "median width over the bootstrap interval with only the observation's spread added.",
+             "",
+             "| budgets (calibration folds) | suite | approach | trials | bootstrap coverage | "
+             "calibrated coverage | own folds alone | median width calibrated / bootstrap | "
+             "… / bootstrap ⊕ observed spread | own folds alone |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in out["synthetic"]:
         for a in APPROACHES:
             if a in r["n"]:
                 lines.append(f"| {r['budgets']} ({r['budgets'] - 3}) | {r['suite']} | {a} | "
                              f"{r['n'][a]} | {r['coverage'][a]:.0%} | {r['calibrated'][a]:.0%} | "
-                             f"×{r['width_ratio'][a]:.2f} | "
-                             f"{_ratio(r.get('tau_ratio', {}).get(a))} |")  # fmt: skip
+                             f"{r['own'][a]:.0%} | ×{r['width_ratio'][a]:.2f} | "
+                             f"{_ratio(r['tau_ratio'][a])} | {_ratio(r['own_ratio'][a])} |")  # fmt: skip
     p = out["public"]
     lines.append("")
     if "skipped" in p:
@@ -196,13 +204,34 @@ def _ratio(x) -> str:
     return "-" if x is None else f"×{x:.2f}"
 
 
-def render_readme(results: Path, readme: Path) -> None:
-    out = json.loads(results.read_text())
-    text = readme.read_text()
-    pattern = re.compile(r"(<!-- generated:coverage -->\n)(?:.*?\n)?(<!-- /generated:coverage -->)",
+def summary_table(out: dict) -> str:
+    """docs/fitting.md's table: per budgets, suite and approach, bootstrap → calibrated coverage."""
+    lines = [f"Command: `{out['synthetic_command']}`.", "",
+             "| budgets (folds per method) | suite | trials | approach 3: coverage | width | "
+             "approach 2: coverage | width |", "|---|---|---:|---|---:|---|---:|"]  # fmt: skip
+    for r in out["synthetic"]:
+        cells = []
+        for a in APPROACHES:
+            cells += [f"{r['coverage'][a]:.0%} → **{r['calibrated'][a]:.0%}** ({r['own'][a]:.0%})",
+                      _ratio(r["tau_ratio"][a])]  # fmt: skip
+        lines.append(f"| {r['budgets']} ({r['budgets'] - 3}) | {r['suite']} | "
+                     f"{r['n']['approach3']} | " + " | ".join(cells) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def render(path: Path, marker: str, block: str) -> None:
+    """Replace what lies between ``<!-- generated:MARKER -->`` lines of ``path`` with ``block``."""
+    text = path.read_text()
+    pattern = re.compile(rf"(<!-- generated:{marker} -->\n)(?:.*?\n)?(<!-- /generated:{marker} -->)",
                          re.S)  # fmt: skip
     if pattern.search(text):
-        readme.write_text(pattern.sub(lambda m: m[1] + table(out) + "\n" + m[2], text))
+        path.write_text(pattern.sub(lambda m: m[1] + block + "\n" + m[2], text))
+
+
+def render_readme(results: Path, readme: Path) -> None:
+    out = json.loads(results.read_text())
+    render(readme, "coverage", table(out))
+    render(HERE.parent / "docs" / "fitting.md", "coverage-summary", summary_table(out))
 
 
 def main() -> None:
@@ -211,12 +240,18 @@ def main() -> None:
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 7],
                     help="budgets per synthetic sweep (≥ 4: two folds calibrate, one is tested)")  # fmt: skip
     ap.add_argument("--resamples", type=int, default=200, help="bootstrap resamples (synthetic)")
+    ap.add_argument("--methods", type=int, default=3, choices=range(1, len(coverage.LAWS) + 1),
+                    help="methods per synthetic sweep (their folds pooled for τ)")  # fmt: skip
     ap.add_argument("--data", help=f"directory holding {CSV} (the public sweep)")
     ap.add_argument("--no-public", action="store_true", help="skip the public sweep")
     ap.add_argument("--public-only", action="store_true",
                     help="only the public sweep (the synthetic results kept from --out)")  # fmt: skip
     ap.add_argument("--out", default=str(OUT))
-    ap.add_argument("--readme", action="store_true", help="only re-render bench/README.md's table")
+    ap.add_argument(
+        "--readme",
+        action="store_true",
+        help="only re-render bench/README.md's and docs/fitting.md's tables",
+    )
     args = ap.parse_args()
     if args.readme:
         render_readme(Path(args.out), HERE / "README.md")
@@ -233,7 +268,7 @@ def main() -> None:
             out["synthetic"] = before["synthetic"]
             out["synthetic_command"] = before.get("synthetic_command", before["command"])
         else:
-            out["synthetic"] = synthetic(args.seeds, args.budgets, args.resamples)
+            out["synthetic"] = synthetic(args.seeds, args.budgets, args.resamples, args.methods)
             out["synthetic_command"] = out["command"]
         out["public"] = {"skipped": "--no-public"} if args.no_public else public(args.data)
     out |= {"wall_s": time.perf_counter() - t, "load_average_after": os.getloadavg()[0],

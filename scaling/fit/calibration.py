@@ -1,20 +1,14 @@
 """Calibrated extrapolation: rolling-origin held-out checks of each approach's L*(C), the empirical
 coverage of its bootstrap intervals, and intervals widened for a law that does not hold.
 
-    >>> from scaling.fit.calibration import lever_arm, rolling_check
+    >>> from scaling.fit.calibration import rolling_check
+    >>> from scaling.fit.folds import lever_arm
     >>> check = rolling_check(points, spec, seed=0)        # fits on budgets ≤ k, predicts k + 1
     >>> cal = check.calibrations["approach3"]
     >>> cal.coverage, cal.tau, [f.error for f in cal.folds]
     >>> cal.interval(2.31, (2.29, 2.33), lever_arm(1e21, points.budgets))  # widened 95% of L*
 
-**Rolling origin** (Tashman 2000): for every budget k + 1 with an interior isoFLOP minimum and at
-least ``min_train`` smaller budgets, the method is refitted (:func:`scaling.fit.bootstrap.fit_method`,
-bootstrap included) on the budgets ≤ k and predicts L* at budget k + 1. The prediction is compared
-with the same observed optimum the held-out check uses: the held-out budget's windowed isoFLOP
-parabola's L* (:func:`scaling.fit.holdout.holdout`). Each comparison is a :class:`Fold`; the share
-of folds whose bootstrap interval holds the observed optimum is the interval's empirical coverage.
-That optimum is itself an estimate: each fold records its spread o_k under the same run bootstrap
-(the budget's runs resampled, its parabola refitted: :func:`observed_spreads`).
+**Rolling origin**: the folds of :mod:`scaling.fit.folds` (fit on budgets ≤ k, predict k + 1).
 
 **Why the bootstrap intervals under-cover.** Resampling runs and refitting one law measures how the
 *fit* varies with the runs; it says nothing about how wrong the *law* is. When the form misses part
@@ -63,25 +57,28 @@ once there are any (alone, the two such folds of a seven-budget sweep under-cove
 frontier: the saturating law absorbs the bend over few budgets and misses only further out).
 Approach 3's τ comes from its own folds.
 
-**What two folds cannot do** (measured on the suites of :mod:`scaling.fit.coverage`). With five
-budgets two folds calibrate: where the first (two budgets fitted) has a bootstrap spread above its
-error the moment sum is negative and τ̂ = 0, so the interval stays the bootstrap's. On the curvature
-suite τ̂ was 0 in 7 of 30 seeds, and approach 3's widened intervals held 83% rather than 95%, four
-of the five misses among those seven (the under-trained suite: 90%, its three misses at τ̂ ≤ 0.4%
-per decade). No estimate from two folds tells those seeds from a law that holds. A prediction
-interval that carries τ's uncertainty through (τ² drawn from the Q-profile confidence distribution
-of the folds' χ² statistic: Nagashima, Noma & Furukawa 2019, Stat Methods Med Res 28:1689) held 95%
-of 62 curvature seeds but was ×4.5 as wide as the bootstrap on 80 well-specified ones (measured with
-τ from the errors beyond s alone): the price of two folds, not paid by default. Nor does the lever
-arm's growth settle it: approach 3's mean error grows like d^1.6 on the curvature suite (as an
-omitted quadratic term's leftover, κ·(d² − the fitted log C's variance), does) but like d^0.75 on
-the under-trained one, and two folds cannot fit an exponent; the first-order, linear growth stays.
+**The sweep's folds** (``holdout.pool``). A method has one fold per budget beyond its second, so a
+five-budget sweep calibrates the next budget from two, and two often cannot see a bend: where the
+first fold's bootstrap spread exceeds its error the moment sum goes negative and τ̂ = 0. The
+methods of one sweep share its data, schedule and budgets, and with them what bends the frontier or
+leaves runs short of converging; a method's τ is therefore the larger of its own folds' and all
+methods' folds' (same approach and L*(C) form; :func:`pooled_tau`), the borrowing of a
+heterogeneity estimate from related analyses that meta-analysis uses when one has few studies
+(Turner et al. 2012, Int J Epidemiol 41:818). Taking the larger keeps a method whose own folds
+show more than its neighbours' (a law may fail for one method only) from being narrowed by them.
+
+**What short folds cannot see.** Where every fold of every method misses by less than its own
+spread, no estimate tells the sweep from one whose law holds, yet a bend can grow faster than the
+linear lever arm (an omitted quadratic term's leftover is κ·(d² − the fitted log C's variance)).
+Carrying τ's uncertainty through (the Q-profile confidence distribution: Nagashima, Noma & Furukawa
+2019, Stat Methods Med Res 28:1689) covers such sweeps but widens every well-specified one several
+fold; it is not done. docs/fitting.md gives the coverage measured on both kinds of sweep.
 
 **Why not split-conformal.** A split-conformal interval (Vovk et al. 2005; Lei et al. 2018) at
-level 1 − a needs ⌈(K + 1)(1 − a)⌉ ≤ K calibration scores: 19 folds for 95%. A sweep has 3–10
-budgets, so 1–8 folds; conformal would return an infinite interval (or a smaller level than asked).
-The discrepancy model trades that distribution-free guarantee for one assumption (δ Gaussian with a
-spread linear in distance) and gives finite, honest intervals from one fold up.
+level 1 − a needs ⌈(K + 1)(1 − a)⌉ ≤ K calibration scores: 19 folds for 95%. A sweep has a handful
+per method; conformal would return an infinite interval (or a smaller level than asked). The
+discrepancy model trades that distribution-free guarantee for one assumption (δ Gaussian with a
+spread linear in distance) and gives finite intervals from one fold up.
 
 Which approach to trust, given these records, is :mod:`scaling.fit.trust`.
 
@@ -98,76 +95,14 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from scaling.fit.bootstrap import fit_method, resample_weights
-from scaling.fit.bootstrap import interval as percentile_interval
-from scaling.fit.holdout import holdout_starts
-from scaling.fit.isoflop import OK, fit_isoflop, isoflop_batch
+from scaling.fit.folds import APPROACHES, Fold, observed_optima, quantile_z, rolling_folds
 from scaling.fit.points import Points
-from scaling.fit.spec import FitSpec, HoldoutSpec, JointSpec
+from scaling.fit.spec import FitSpec
 
-APPROACHES = ("approach3", "approach2")
-"""The approaches scored: approach 1's envelope would need the curves cut at each held-out budget."""
 FRONTIER_FORM = {"chinchilla": "saturating", "saturating": "saturating", "power": "power"}
 """The form of L*(C) each fitted law implies. Approach 3's L = E + A/N^α + B/D^β minimised under
 C = 6ND is L*(C) = E + K·C^(−αβ/(α+β)) (Hoffmann et al. 2022, eq. 4): approach 2's ``saturating``
 frontier law E + A·C^−a; its ``power`` law is that with E = 0."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Fold:
-    """One rolling-origin comparison: fit on the budgets up to ``train_max``, predict L* at ``budget``."""
-
-    approach: str
-    budget: float
-    """Compute of the held-out budget."""
-    train_max: float
-    """Compute of the largest budget fitted."""
-    train_centre: float
-    """Geometric mean of the fitted budgets' compute: where the extrapolation's lever arm starts."""
-    n_train_budgets: int
-    observed: float
-    """The held-out budget's observed isoFLOP minimum (its windowed parabola's L*)."""
-    predicted: float | None = None
-    interval: tuple[float, float] | None = None
-    """The bootstrap percentile interval of the predicted L* (None: no bootstrap, or it failed)."""
-    reason: str | None = None
-    """Why there is no prediction."""
-    form: str | None = None
-    """The law fitted: ``chinchilla`` (approach 3), approach 2's frontier law's ``saturating`` (E +
-    A·C^−α, four budgets or more) or ``power`` (E = 0)."""
-    observed_spread: float | None = None
-    """Standard deviation of log ``observed`` under the run bootstrap (its percentile interval's
-    width over 2z, as :meth:`spread`): the observed optimum is itself a parabola's estimate."""
-
-    @property
-    def distance(self) -> float:
-        """Decades of C from the fitted budgets' centre to the held-out one (:func:`lever_arm`)."""
-        return math.log10(self.budget / self.train_centre)
-
-    @property
-    def error(self) -> float | None:
-        """Predicted / observed L* − 1 (positive: the law predicted a higher loss)."""
-        return None if self.predicted is None else self.predicted / self.observed - 1
-
-    @property
-    def log_error(self) -> float | None:
-        return None if self.predicted is None else math.log(self.predicted / self.observed)
-
-    @property
-    def covered(self) -> bool | None:
-        if self.interval is None:
-            return None
-        return self.interval[0] <= self.observed <= self.interval[1]
-
-    def spread(self, level: float) -> float | None:
-        """Standard deviation of log L̂* the bootstrap interval implies (its width over 2z)."""
-        if self.interval is None or self.interval[0] <= 0:
-            return None
-        return math.log(self.interval[1] / self.interval[0]) / (2 * _z(level))
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"distance": self.distance, "error": self.error,
-                                           "covered": self.covered}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +130,9 @@ class Calibration:
     form: str | None = None
     """The law of the predictions ``tau`` widens (:attr:`Fold.form`; None: any)."""
     tau_folds: str | None = None
-    """Which folds ``tau`` comes from (:func:`matching`)."""
+    """Which folds ``tau`` comes from (:func:`matching`, and the sweep's with ``pool``)."""
+    tau_own: float | None = None
+    """τ from this method's own folds alone; ``tau`` is the sweep's where that is larger."""
 
     def interval(
         self,
@@ -205,7 +142,7 @@ class Calibration:
         observed: float | None = None,
     ) -> tuple[float, float] | None:
         """The widened interval of a prediction whose bootstrap interval is ``interval``, made
-        ``distance`` decades from the centre of the fitted budgets (:func:`lever_arm`): of L*
+        ``distance`` decades from the centre of the fitted budgets (:func:`scaling.fit.folds.lever_arm`): of L*
         itself, or, given ``observed`` (an observed optimum's own log standard deviation,
         :attr:`Fold.observed_spread`), of that observed optimum."""
         if interval is None or self.tau is None or not predicted > 0:
@@ -216,7 +153,7 @@ class Calibration:
     def to_json(self) -> dict[str, Any]:
         return {
             "approach": self.approach, "level": self.level, "tau_per_decade": self.tau,
-            "folds_used": self.dof, "form": self.form, "tau_folds": self.tau_folds,
+            "tau_own_per_decade": self.tau_own, "folds_used": self.dof, "form": self.form, "tau_folds": self.tau_folds,
             "coverage": self.coverage,
             "calibrated_coverage": self.calibrated_coverage, "rmse": self.rmse, "bias": self.bias,
             "reason": self.reason, "folds": [f.to_json() for f in self.folds],
@@ -239,21 +176,6 @@ class RollingCheck:
                 "calibrations": {k: v.to_json() for k, v in self.calibrations.items()}}  # fmt: skip
 
 
-def centre(budgets) -> float:
-    """Geometric mean of the fitted budgets' compute."""
-    return float(np.exp(np.mean(np.log(np.asarray(budgets, dtype=float)))))
-
-
-def lever_arm(C: float, budgets) -> float:
-    """Decades of C from the centre of the fitted ``budgets`` to ``C``: the distance the discrepancy
-    grows with."""
-    return abs(math.log10(C / centre(budgets)))
-
-
-def _z(level: float) -> float:
-    return float(scipy.stats.norm.ppf((1 + level) / 2))
-
-
 def widen(
     predicted: float,
     interval: tuple[float, float],
@@ -267,7 +189,7 @@ def widen(
     to each side (in log loss) and the Student-t quantile at the Welch–Satterthwaite degrees of
     freedom (module docstring); ``observed``: an observed optimum's own log standard deviation,
     added too, for the interval of that observation rather than of L*."""
-    z = _z(level)
+    z = quantile_z(level)
     m = math.log(predicted)
     lo_side = max(m - math.log(interval[0]), 0.0) / z
     hi_side = max(math.log(interval[1]) - m, 0.0) / z
@@ -322,30 +244,60 @@ def matching(
     return same, f"{names}'s folds of the {want} L*(C) law"
 
 
+def pooled_tau(
+    folds, approach: str, level: float, form: str | None, pool: dict[str, Any] | None = None
+) -> tuple[float | None, int, str, float | None]:
+    """τ̂ for ``approach``'s predictions with the law ``form``, its folds, where they come from, and
+    the method's own τ̂: from the :func:`matching` ``folds``, or, where larger, from those and the
+    matching folds of the sweep's other methods (``pool``: method → its folds; module docstring)."""
+    basis, source = matching(folds, approach, form)
+    own, k = discrepancy(basis, level)
+    others = {m: v for m, v in (pool or {}).items() if v}
+    if not others:
+        return own, k, source, own
+    every = list(folds) + [f for v in others.values() for f in v]
+    sweep, k_all = discrepancy(matching(every, approach, form)[0], level)
+    n = len(others) + 1
+    if sweep is None or (own is not None and own >= sweep):
+        less = "none" if sweep is None else f"τ = {sweep:.2%}"
+        return own, k, f"{source}; all {n} methods' folds give no more: {less}", own
+    mine = "none" if own is None else f"τ = {own:.2%}"
+    return sweep, k_all, f"{source}, pooled over all {n} methods (its own alone: {mine})", own
+
+
+def _without(folds, budget: float) -> list[Fold]:
+    return [g for g in folds if not math.isclose(g.budget, budget, rel_tol=1e-9)]
+
+
 def calibrate(
-    folds: list[Fold] | tuple[Fold, ...], approach: str, level: float, form: str | None = None
+    folds: list[Fold] | tuple[Fold, ...],
+    approach: str,
+    level: float,
+    form: str | None = None,
+    pool: dict[str, Any] | None = None,
 ) -> Calibration:
     """One approach's record over ``folds`` (any approach's; its own are scored), and τ for its
     predictions made with the law ``form`` (:attr:`Fold.form`; None: any law) from the
-    :func:`matching` folds. Approach 2's frontier switches from E = 0 (``power``) to a fitted E
-    (``saturating``) at four budgets; an E = 0 law's misses are that law's, and counting them in the
-    discrepancy of a saturating prediction widened well-specified sweeps' intervals twofold for
+    :func:`matching` folds, or the sweep's (``pool``: the other methods' folds) where that is
+    larger (:func:`pooled_tau`). Approach 2's frontier switches from E = 0 (``power``) to a fitted
+    E (``saturating``) at four budgets; an E = 0 law's misses are that law's, and counting them in
+    the discrepancy of a saturating prediction widened well-specified sweeps' intervals twofold for
     nothing. Approach 3's L(N, D) implies a saturating L*(C) (:data:`FRONTIER_FORM`), so its folds
-    stand in where approach 2 has no saturating fold yet."""
+    stand in where approach 2 has no saturating fold yet. The leave-one-out coverage leaves out
+    each fold's budget from every method's folds."""
     mine = tuple(f for f in folds if f.approach == approach and f.predicted is not None)
     if not mine:
         why = next((f.reason for f in folds if f.approach == approach and f.reason), None)
         return Calibration(approach, level, (), None, 0, None, None, None, None,
                            reason=why or "no held-out fold", form=form)  # fmt: skip
-    basis, source = matching(folds, approach, form)
-    tau, dof = discrepancy(basis, level)
+    tau, dof, source, own = pooled_tau(folds, approach, level, form, pool)
     with_ci = [f for f in mine if f.interval is not None]
     coverage = float(np.mean([f.covered for f in with_ci])) if with_ci else None
     loo = []
     if len(with_ci) >= 2:
         for f in with_ci:
-            t, k = discrepancy(matching([g for g in folds if g is not f], approach, f.form)[0],
-                               level)  # fmt: skip
+            rest = {m: _without(v, f.budget) for m, v in (pool or {}).items()}
+            t, k = pooled_tau(_without(folds, f.budget), approach, level, f.form, rest)[:2]
             if t is None:
                 continue
             lo, hi = widen(f.predicted, f.interval, t, k, f.distance, level,
@@ -356,99 +308,8 @@ def calibrate(
         approach, level, mine, tau, dof, coverage, float(np.mean(loo)) if loo else None,
         float(np.sqrt(np.mean(errs**2))), float(np.mean(errs)),
         reason=None if tau is not None else "no fold extrapolates", form=form, tau_folds=source,
+        tau_own=own,
     )  # fmt: skip
-
-
-def fold_spec(spec: FitSpec, budget: float) -> FitSpec:
-    """``spec`` for one fold: predict ``budget`` with ``holdout.rolling_resamples`` bootstrap
-    resamples (at most ``bootstrap.resamples``); no nested held-out check, no joint laws."""
-    resamples = min(spec.bootstrap.resamples, spec.holdout.rolling_resamples)
-    return dataclasses.replace(
-        spec,
-        predict=[float(budget)],
-        bootstrap=dataclasses.replace(spec.bootstrap, resamples=resamples),
-        holdout=HoldoutSpec(budgets=0),
-        joint=JointSpec(enabled=False),
-    )
-
-
-def law_form(mf, approach: str) -> str | None:
-    """The law ``approach`` fitted in a MethodFit (:attr:`Fold.form`)."""
-    if approach == "approach3":
-        return "chinchilla" if mf.approach3 is not None else None
-    fit = getattr(mf, approach)
-    return fit.loss.form if fit is not None and fit.loss is not None else None
-
-
-def observed_optima(points: Points, spec: FitSpec) -> dict[int, float]:
-    """Budget index → its observed isoFLOP minimum (windowed parabola's L*), for the budgets with an
-    interior one: what the held-out check compares predictions with."""
-    parabolas = fit_isoflop(points, spec.approach2).parabolas
-    return {g: p.loss_opt for g, p in enumerate(parabolas)
-            if p.status == "ok" and p.loss_opt is not None}  # fmt: skip
-
-
-def observed_spreads(points: Points, spec: FitSpec, seed=0) -> dict[int, float]:
-    """Budget index → the log standard deviation of its observed isoFLOP minimum under the run
-    bootstrap (each budget's runs resampled, its windowed parabola refitted:
-    :func:`scaling.fit.isoflop.isoflop_batch`), from its percentile interval as :meth:`Fold.spread`;
-    ``holdout.rolling_resamples`` resamples (at most ``bootstrap.resamples``)."""
-    r = min(spec.bootstrap.resamples, spec.holdout.rolling_resamples)
-    if r < 10:
-        return {}
-    w = resample_weights(points, r, np.random.default_rng([*np.atleast_1d(seed), 0x0B5]))
-    b = isoflop_batch(points, spec.approach2, w)
-    out = {}
-    for g in observed_optima(points, spec):
-        loss = b["loss_opt"][:, g]
-        iv = percentile_interval(loss[(b["status"][:, g] == OK) & (loss > 0)], spec.bootstrap.level)
-        if iv is not None:
-            out[g] = math.log(iv[1] / iv[0]) / (2 * _z(spec.bootstrap.level))
-    return out
-
-
-def rolling_folds(
-    points: Points,
-    spec: FitSpec,
-    *,
-    min_train: int = 2,
-    seed: int = 0,
-    progress=None,
-    best: np.ndarray | None = None,
-) -> tuple[Fold, ...]:
-    """Every rolling-origin fold of ``points`` (module docstring): for each budget with an interior
-    isoFLOP minimum and at least ``min_train`` budgets below it, a refit on the budgets below and
-    its prediction of that budget's L* per approach.
-    ``best``: the full fit's approach-3 θ; given, each refit starts from it and a tenth of the grid
-    (:func:`scaling.fit.holdout.holdout_starts`, as the held-out check does) instead of the grid."""
-    progress = progress or (lambda stage: None)
-    optima = observed_optima(points, spec)
-    spreads = observed_spreads(points, spec, seed)
-    targets = [g for g in sorted(optima) if g >= min_train]
-    folds = []
-    for g in targets:
-        c = float(points.budgets[g])
-        train = points.subset(points.group < g)
-        base = dict(budget=c, train_max=float(train.budgets.max()),
-                    train_centre=centre(train.budgets), n_train_budgets=len(train.budgets),
-                    observed=float(optima[g]), observed_spread=spreads.get(g))  # fmt: skip
-        progress(f"held-out budget {c:.3g} (fit on {len(train.budgets)} budgets)")
-        starts = None if best is None else holdout_starts(spec, best)
-        out = fit_method(train, fold_spec(spec, c), seed=[seed, g], starts=starts)
-        if isinstance(out, str):
-            folds += [Fold(a, **base, reason=out) for a in APPROACHES]
-            continue
-        mf = out[0]
-        for a in APPROACHES:
-            q = next((q for q in mf.predictions
-                      if q.approach == a and math.isclose(q.C, c, rel_tol=1e-9)), None)  # fmt: skip
-            if q is None or q.loss is None or not q.loss > 0:
-                why = next((n for n in mf.notes if n.startswith(a)), f"{a} gave no L* here")
-                folds.append(Fold(a, **base, reason=why))
-                continue
-            folds.append(Fold(a, **base, predicted=float(q.loss), interval=q.ci.get("loss"),
-                              form=law_form(mf, a)))  # fmt: skip
-    return tuple(folds)
 
 
 def rolling_check(
@@ -478,3 +339,18 @@ def rolling_check(
     enabled = [a for a in APPROACHES if getattr(spec, a).enabled]
     cals = {a: calibrate(folds, a, level, (forms or {}).get(a)) for a in enabled}
     return RollingCheck(points.method, level, folds, cals, reason)
+
+
+def pool_checks(
+    checks: dict[str, RollingCheck], forms: dict[str, dict[str, str | None]]
+) -> dict[str, RollingCheck]:
+    """Each method's :class:`RollingCheck` with its calibrations' τ taken from the sweep's folds
+    where they show more discrepancy than its own (:func:`pooled_tau`); ``forms``: per method, the
+    law each approach predicts with (as :func:`rolling_check`'s)."""
+    out = {}
+    for m, c in checks.items():
+        pool = {o: oc.folds for o, oc in checks.items() if o != m}
+        cals = {a: calibrate(c.folds, a, c.level, forms.get(m, {}).get(a), pool)
+                for a in c.calibrations}  # fmt: skip
+        out[m] = dataclasses.replace(c, calibrations=cals)
+    return out

@@ -26,7 +26,8 @@ Per method (docs/fitting.md has the methodology and its traps):
   interior isoFLOP minimum: MAPE, signed bias, each approach's L* error; :mod:`scaling.fit.holdout`),
   rolling held-out checks that give each interval's empirical coverage, widen the predictions' L*
   intervals for a law that does not hold and say which approach to trust
-  (:mod:`scaling.fit.calibration`, :mod:`scaling.fit.trust`; ``holdout.rolling``) and, across methods, every method against one reference by the approach with the lowest held-out
+  (:mod:`scaling.fit.calibration`, :mod:`scaling.fit.trust`; ``holdout.rolling``; each method's
+  τ from all methods' folds where they show more than its own, ``holdout.pool``) and, across methods, every method against one reference by the approach with the lowest held-out
   error: compute multipliers at equal loss (extrapolations marked), crossovers and exponent
   differences (:mod:`scaling.fit.compare`).
 * task laws (:mod:`scaling.fit.tasklaw`, :mod:`scaling.fit.taskfit`), when the runs logged task evaluations: compute → task loss
@@ -41,13 +42,14 @@ from typing import Any
 
 from scaling.errors import ScalingError
 from scaling.fit.bootstrap import fit_method
+from scaling.fit.calibration import RollingCheck, pool_checks
 from scaling.fit.compare import compare
 from scaling.fit.lbfgs import single_threaded_blas
 from scaling.fit.points import Columns, prepare
 from scaling.fit.results import FitReport, MethodFit
 from scaling.fit.spec import FitSpec
 from scaling.fit.taskfit import check_names, fit_tasks
-from scaling.fit.trust import assess, trusted_advice, with_assessment
+from scaling.fit.trust import assess, check_method, forms_of, trusted_advice, with_assessment
 
 
 def fit(
@@ -80,6 +82,7 @@ def _fit(table, spec, cols, *, curves, source, inputs, described, progress) -> F
     exclusions, warnings = list(prep.exclusions), list(prep.warnings)
     methods: dict[str, MethodFit] = {}
     failures = []
+    checks: dict[str, RollingCheck] = {}
     for i, (m, points) in enumerate(prep.points.items()):
         result = fit_method(points, spec, curves=curves, seed=[spec.bootstrap.seed, i],
                             progress=lambda stage, m=m: progress(f"{m}: {stage}"))  # fmt: skip
@@ -89,12 +92,16 @@ def _fit(table, spec, cols, *, curves, source, inputs, described, progress) -> F
         mf, dropped = result
         exclusions += dropped
         if spec.holdout.budgets and spec.holdout.rolling:
-            a = assess(mf, spec, seed=[spec.bootstrap.seed, i],
-                       progress=lambda stage, m=m: progress(f"{m}: rolling check, {stage}"))  # fmt: skip
-            mf = with_assessment(mf, a)
+            checks[m] = check_method(mf, spec, seed=[spec.bootstrap.seed, i],
+                                     progress=lambda stage, m=m: progress(
+                                         f"{m}: rolling check, {stage}"))  # fmt: skip
         methods[m] = dataclasses.replace(mf, best_lr_multiplier=prep.best_lr.get(m))
     if not methods:
         raise ScalingError("nothing could be fitted: " + "; ".join(failures))
+    if spec.holdout.pool and len(checks) > 1:  # each method's τ: its own, or the sweep's if larger
+        checks = pool_checks(checks, {m: forms_of(methods[m]) for m in checks})
+    for m, check in checks.items():
+        methods[m] = with_assessment(methods[m], assess(methods[m], spec, check=check))
     warnings += [f"{f} (method left out)" for f in failures]
     if spec.n in ("backbone", "total"):
         warnings.append(

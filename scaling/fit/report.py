@@ -354,12 +354,13 @@ def _rolling(report: FitReport) -> list[str]:
                         f"RMS error {c.rmse:.2%}, bias {c.bias:+.2%}; discrepancy τ = "
                         f"{c.tau:.2%} per decade from {c.dof} fold(s)"
                         + (f" ({c.tau_folds})" if c.tau_folds else ""))  # fmt: skip
-    few = any(0 < c.dof <= 2 for mf in report.methods.values() if mf.calibration
-              for c in mf.calibration.check.calibrations.values())  # fmt: skip
+    few = any(0 < len({f.budget for f in mf.calibration.check.folds if f.predicted}) <= 2
+              for mf in report.methods.values() if mf.calibration)  # fmt: skip
     if few:  # docs/fitting.md, "Calibrated extrapolation": measured on the coverage suites
-        recs.append("  τ from two folds or fewer is a rough guide: where the law bends, two folds "
-                    "often cannot see it (τ = 0) and the calibrated intervals cover less than "
-                    "their level; each budget added is one more fold")  # fmt: skip
+        recs.append("  τ from two held-out budgets or fewer per method is a rough guide: where the "
+                    "law bends, such short folds often cannot see it, even pooled over methods, and "
+                    "the calibrated intervals cover less than their level; each budget added is one "
+                    "more fold")  # fmt: skip
     if not rows and not recs:
         return []
     out = ["", "rolling held-out check (fit on the budgets below, predict the next one's L*; "

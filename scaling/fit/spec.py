@@ -137,12 +137,18 @@ class HoldoutSpec(Config):
     is used only for its width and whether it holds the observed optimum; 200 resamples put the
     ends of a 95% interval within a few per cent of their 1000-resample values (each tail has 5
     resamples), at a fifth of the cost — the folds were half of a 10,000-run fit's time."""
+    pool: bool = True
+    """Each method's discrepancy τ is the larger of its own folds' and all methods' folds' (of the
+    same approach and L*(C) form): the sweep's methods share its data, schedule and budgets, and a
+    method's two or three folds alone often miss a bend its neighbours show
+    (:mod:`scaling.fit.calibration`)."""
 
     def __post_init__(self) -> None:
         check(isinstance(self.budgets, int) and self.budgets >= 0, "holdout.budgets ≥ 0")
         check(isinstance(self.rolling, bool), "holdout.rolling must be true or false")
         check(isinstance(self.rolling_resamples, int) and not isinstance(self.rolling_resamples, bool)
               and self.rolling_resamples >= 0, "holdout.rolling_resamples must be an integer ≥ 0")  # fmt: skip
+        check(isinstance(self.pool, bool), "holdout.pool must be true or false")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -21,14 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from scaling.fit.calibration import (
-    APPROACHES,
-    Calibration,
-    RollingCheck,
-    law_form,
-    lever_arm,
-    rolling_check,
-)
+from scaling.fit.calibration import Calibration, RollingCheck, rolling_check
+from scaling.fit.folds import APPROACHES, law_form, lever_arm
 from scaling.fit.results import OptimalParams
 from scaling.fit.spec import FitSpec
 
@@ -128,15 +122,34 @@ class Assessment:
         }
 
 
-def assess(mf, spec: FitSpec, *, seed=0, min_train: int = 2, progress=None) -> Assessment:
-    """:func:`rolling_check` on a MethodFit's points, its predictions' L* intervals widened by it
-    (each approach's τ from the folds of the law it predicts with,
-    :func:`scaling.fit.calibration.matching`), and :func:`trusted_approach` at every predicted
-    budget."""
+def forms_of(mf) -> dict[str, str | None]:
+    """The law each approach of a MethodFit predicts with (:func:`law_form`): whose folds give τ."""
+    return {a: law_form(mf, a) for a in APPROACHES}
+
+
+def check_method(mf, spec: FitSpec, *, seed=0, min_train: int = 2, progress=None) -> RollingCheck:
+    """:func:`rolling_check` on a MethodFit's points, each refit started from its approach-3 optimum,
+    each approach's τ from the folds of the law it predicts with
+    (:func:`scaling.fit.calibration.matching`)."""
     best = mf.approach3.theta if mf.approach3 is not None else None
-    forms = {a: law_form(mf, a) for a in APPROACHES}
-    check = rolling_check(mf.points, spec, min_train=min_train, seed=seed, progress=progress,
-                          best=best, forms=forms)  # fmt: skip
+    return rolling_check(mf.points, spec, min_train=min_train, seed=seed, progress=progress,
+                         best=best, forms=forms_of(mf))  # fmt: skip
+
+
+def assess(
+    mf,
+    spec: FitSpec,
+    *,
+    seed=0,
+    min_train: int = 2,
+    progress=None,
+    check: RollingCheck | None = None,
+) -> Assessment:
+    """A MethodFit's predictions' L* intervals widened by its rolling ``check`` (default:
+    :func:`check_method`; the sweep's, :func:`scaling.fit.calibration.pool_checks`, in ``scaling
+    fit``), and :func:`trusted_approach` at every predicted budget."""
+    if check is None:
+        check = check_method(mf, spec, seed=seed, min_train=min_train, progress=progress)
     preds = []
     for q in mf.predictions:
         if q.approach not in APPROACHES or q.loss is None:

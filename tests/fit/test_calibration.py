@@ -5,6 +5,7 @@ fitter assumes and from laws it does not."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 
@@ -17,15 +18,16 @@ from scaling import fit
 from scaling.fit import coverage
 from scaling.fit.bootstrap import fit_method
 from scaling.fit.calibration import (
-    Fold,
+    RollingCheck,
     calibrate,
     discrepancy,
-    lever_arm,
-    observed_spreads,
+    matching,
+    pool_checks,
+    pooled_tau,
     rolling_check,
-    rolling_folds,
     widen,
 )
+from scaling.fit.folds import Fold, lever_arm, observed_spreads, rolling_folds
 from scaling.fit.holdout import holdout
 from scaling.fit.isoflop import fit_isoflop
 from scaling.fit.lbfgs import single_threaded_blas
@@ -103,7 +105,7 @@ def test_widening_adds_the_discrepancy_with_a_student_t_quantile():
 
 
 def test_calibration_reports_coverage_record_and_leave_one_out_coverage():
-    folds = [fold(0.03, 0.005), fold(0.002, 0.005), fold(-0.025, 0.005),
+    folds = [fold(0.03, 0.005), fold(0.002, 0.005, budget=20.0), fold(-0.025, 0.005, budget=40.0),
              fold(0.01, 0.005, approach="approach2")]  # fmt: skip
     cal = calibrate(folds, "approach3", 0.95)
     assert len(cal.folds) == 3 and cal.dof == 3
@@ -146,6 +148,59 @@ def test_tau_comes_from_the_folds_of_the_law_the_prediction_is_made_with():
     js = cal.to_json()
     assert js["form"] == "saturating" and js["tau_folds"] == cal.tau_folds
     assert [f["form"] for f in js["folds"]] == ["power", "power"]
+
+
+def test_a_method_takes_the_sweeps_tau_where_its_own_folds_show_less():
+    """Two folds of one method can miss a bend (τ̂ = 0: the first fold's wide bootstrap cancels the
+    second's miss); the sweep's other methods' folds of the same approach and law show it."""
+    a3 = functools.partial(fold, form="chinchilla")
+    quiet = [a3(0.001, 0.02), a3(0.02, 0.005, budget=20.0)]  # e² − s² sums below zero
+    assert discrepancy(quiet, 0.95) == (0.0, 2)
+    bent = {"b": [a3(0.03, 0.005), a3(0.04, 0.005, budget=20.0)],
+            "c": [a3(0.025, 0.005), a3(0.035, 0.005, budget=20.0),
+                  fold(0.5, 0.005, approach="approach2", form="power")]}  # fmt: skip
+    tau, k, source, own = pooled_tau(quiet, "approach3", 0.95, "chinchilla", bent)
+    every = quiet + bent["b"] + bent["c"][:2]
+    assert own == 0.0 and (tau, k) == pytest.approx(discrepancy(every, 0.95)) and k == 6
+    assert source == (
+        "approach3's folds of the saturating L*(C) law, pooled over all 3 methods "
+        "(its own alone: τ = 0.00%)"
+    )
+    cal = calibrate(quiet, "approach3", 0.95, "chinchilla", bent)
+    assert cal.tau == tau and cal.tau_own == 0.0 and cal.dof == 6
+    assert cal.folds == tuple(quiet) and cal.rmse == calibrate(quiet, "approach3", 0.95).rmse
+    assert cal.to_json()["tau_own_per_decade"] == 0.0
+    # a method whose own folds show more than the sweep's keeps its own
+    loud = [a3(0.08, 0.005), a3(0.1, 0.005, budget=20.0)]
+    tau, k, source, own = pooled_tau(loud, "approach3", 0.95, "chinchilla", bent)
+    assert (
+        (tau, k) == discrepancy(loud, 0.95)
+        and own == tau
+        and "all 3 methods' folds give no more: τ = " in source
+    )
+    # nothing to pool: the method's own
+    assert pooled_tau(quiet, "approach3", 0.95, "chinchilla", {"b": []})[:2] == (0.0, 2)
+    # leave-one-out coverage leaves the fold's budget out of every method's folds
+    wide = calibrate(quiet, "approach3", 0.95, "chinchilla", bent)
+    alone = calibrate(quiet, "approach3", 0.95, "chinchilla")
+    assert wide.calibrated_coverage == 1.0 and alone.calibrated_coverage == 0.5
+    lone = {"b": [a3(0.04, 0.005, budget=20.0)]}  # only at the missed fold's own budget
+    assert calibrate(quiet, "approach3", 0.95, "chinchilla", lone).calibrated_coverage == 0.5
+
+
+def test_pool_checks_recalibrates_every_method_against_the_sweep():
+    a3 = functools.partial(fold, form="chinchilla")
+    f = {"quiet": (a3(0.001, 0.02), a3(0.02, 0.005, budget=20.0)),
+         "bent": (a3(0.03, 0.005), a3(0.04, 0.005, budget=20.0))}  # fmt: skip
+    checks = {m: RollingCheck(m, 0.95, v, {"approach3": calibrate(v, "approach3", 0.95)})
+              for m, v in f.items()}  # fmt: skip
+    out = pool_checks(checks, {m: {"approach3": "chinchilla"} for m in f})
+    assert out["quiet"].folds == f["quiet"] and out["quiet"].method == "quiet"
+    assert checks["quiet"].calibrations["approach3"].tau == 0.0
+    pooled = discrepancy(f["quiet"] + f["bent"], 0.95)[0]
+    assert pooled > 0 and out["quiet"].calibrations["approach3"].tau == pytest.approx(pooled)
+    assert out["bent"].calibrations["approach3"].tau == checks["bent"].calibrations["approach3"].tau
+    assert out["bent"].calibrations["approach3"].tau > pooled
 
 
 def test_the_approach_with_the_better_held_out_record_is_trusted():
@@ -286,7 +341,7 @@ def test_scaling_fit_reports_the_rolling_check():
     text = summary(report)
     assert "rolling held-out check" in text and "bootstrap intervals held" in text
     assert "which approach to trust" in text and "calibrated" in text
-    assert "τ from two folds or fewer is a rough guide" in text  # 4 budgets: 2 folds
+    assert "τ from two held-out budgets or fewer per method is a rough guide" in text  # 4 budgets
     assert "fold(s) (approach3's folds of the saturating L*(C) law)" in text  # which folds τ uses
     js = clean_json(report.to_json())["methods"]["all"]["calibration"]
     assert set(js["calibrations"]) == {"approach3", "approach2"}
@@ -294,7 +349,45 @@ def test_scaling_fit_reports_the_rolling_check():
     off = fit.fit(table, fast_spec(holdout={"rolling": False}),
                   Columns(params="N", tokens="D", loss="L", flops="C", budget="budget"))  # fmt: skip
     assert off.methods["all"].calibration is None
-    assert "two folds or fewer" not in summary(off)
+    assert "two held-out budgets or fewer" not in summary(off)
+
+
+def test_scaling_fit_pools_the_methods_folds_for_tau():
+    """Two methods of one bending sweep: each method's τ is the larger of its own folds' and both
+    methods' (``holdout.pool``); with pooling off, its own. The folds and records stay its own."""
+    parts = []
+    for m in (0, 1):
+        pts = coverage.sweep(
+            3, method=m, budgets=coverage.BUDGETS[:4], curvature=coverage.CURVATURE
+        )
+        parts.append(pl.DataFrame({"method": f"m{m}", "N": pts.N, "D": pts.D, "C": pts.C,
+                                   "L": pts.L, "budget": pts.budgets[pts.group]}))  # fmt: skip
+    cols = Columns(params="N", tokens="D", loss="L", flops="C", budget="budget", method="method")
+    table = pl.concat(parts)
+    spec = fast_spec(predict=[1e21], joint={"enabled": False})
+    pooled = fit.fit(table, spec, cols)
+    alone = fit.fit(table, fast_spec(predict=[1e21], joint={"enabled": False},
+                                     holdout={"pool": False}), cols)  # fmt: skip
+    raised = 0
+    for m in ("m0", "m1"):
+        p, a = pooled.methods[m].calibration, alone.methods[m].calibration
+        assert p.check.folds == a.check.folds  # the same refits
+        for name, c in p.check.calibrations.items():
+            own = a.check.calibrations[name]
+            every = (
+                a.check.folds + alone.methods["m1" if m == "m0" else "m0"].calibration.check.folds
+            )
+            sweep = discrepancy(matching(every, name, c.form)[0], 0.95)[0]
+            assert c.tau_own == own.tau and c.rmse == own.rmse
+            assert c.tau == pytest.approx(max(own.tau, sweep))
+            raised += c.tau > own.tau
+            if c.tau > own.tau:
+                assert "pooled over all 2 methods (its own alone: τ = " in c.tau_folds
+                assert c.dof == 4 and c.tau_folds in summary(pooled)
+        for q in p.predictions:  # widened by the pooled τ, at its folds' degrees of freedom
+            c = p.check.calibrations[q.approach]
+            assert q.calibrated == widen(q.loss, q.interval, c.tau, c.dof, q.lever_arm, 0.95)
+    assert raised >= 1  # two methods' τ differ: the lower one takes the sweep's
 
 
 def test_advice_names_the_trusted_loss_where_approach3_is_outvoted():
@@ -343,7 +436,7 @@ def test_well_specified_coverage_stays_near_nominal_and_not_needlessly_wide(suit
     r = suites["well_specified"]
     msg = r.line("approach3") + "; " + r.line("approach2")
     print(msg)
-    assert r.n["approach3"] == len(SEEDS), msg
+    assert r.n["approach3"] == 3 * len(SEEDS), msg  # three methods per sweep
     assert r.calibrated["approach3"] >= 0.8, msg
     # the law holds: little to add beyond the observed optimum's own noise
     assert r.tau_ratio["approach3"] < 1.3, msg
@@ -364,22 +457,27 @@ def test_misspecified_coverage_reaches_nominal_where_the_bootstrap_falls_short(s
           if t.approach == "approach3"]  # fmt: skip
     plain = np.mean([t.covered for t in a3])
     calibrated = np.mean([t.covered_calibrated for t in a3])
+    alone = np.mean([t.covered_own for t in a3])
     assert plain <= 0.6, msg  # tight intervals around a law that does not hold
-    assert calibrated >= 0.85, msg
+    # two folds per method: τ from the sweep's six where a method's own two show less (79% on the
+    # curvature suite from its own folds alone, measured)
+    assert calibrated >= 0.9 and calibrated >= alone, msg
     for name in ("curvature", "undertrained"):
         assert suites[name].calibrated["approach3"] > suites[name].coverage["approach3"], msg
+        assert suites[name].calibrated["approach3"] >= 0.85, msg
 
 
 @pytest.mark.slow
 def test_coverage_reaches_nominal_with_four_calibration_folds():
-    """Seven budgets: four rolling folds calibrate the held-out last budget (bench/coverage.py runs
-    this over more seeds; with two folds, above, a t with two degrees of freedom is all there is)."""
+    """Seven budgets: four rolling folds per method calibrate the held-out last budget
+    (bench/coverage.py runs this over more seeds)."""
     budgets = tuple(np.logspace(18, 21, 7))
     kw = {"well_specified": {}, "curvature": {"curvature": coverage.CURVATURE},
           "undertrained": {"undertrained": coverage.UNDERTRAINED}}  # fmt: skip
     with single_threaded_blas():
-        r = {s: coverage.measure(lambda seed, k=k: coverage.sweep(seed, budgets=budgets, **k),
-                                 seeds=range(100, 124), spec=fast_spec(), name=s)
+        r = {s: coverage.measure(lambda seed, m, k=k: coverage.sweep(seed, method=m,
+                                                                     budgets=budgets, **k),
+                                 seeds=range(100, 108), spec=fast_spec(), name=s)
              for s, k in kw.items()}  # fmt: skip
     msg = "; ".join(r[s].line(a) for s in r for a in r[s].n)
     print(msg)
@@ -395,12 +493,14 @@ def test_coverage_reaches_nominal_with_four_calibration_folds():
 
 @pytest.mark.slow
 def test_well_specified_five_budget_intervals_are_not_needlessly_wide_over_many_seeds():
-    """Five budgets, 24 more seeds: approach 2's saturating prediction is no longer widened by its
-    E = 0 folds (×2.4 the bootstrap width before), and both approaches' calibrated intervals of the
-    observed optimum hold it about as often as asked."""
+    """Five budgets, 8 more seeds of three methods: both approaches' calibrated intervals of the
+    observed optimum hold it about as often as asked, and stay within twice the interval the
+    observation's own spread gives (approach 2's saturating prediction was ×2.4 the bootstrap width
+    when its E = 0 folds widened it). On these seeds the bootstrap intervals of L* held 71% (approach
+    3), and the pooled folds show it: the widening here is τ's, not an artefact."""
     with single_threaded_blas():
-        r = coverage.measure("well_specified", seeds=range(200, 224), spec=fast_spec())
+        r = coverage.measure("well_specified", seeds=range(200, 208), spec=fast_spec())
     msg = r.line("approach3") + "; " + r.line("approach2")
     print(msg)
-    assert r.width_ratio["approach2"] <= 1.3 and r.tau_ratio["approach3"] < 1.3, msg
+    assert r.tau_ratio["approach3"] < 2 and r.tau_ratio["approach2"] < 2, msg
     assert r.calibrated["approach3"] >= 0.85 and r.calibrated["approach2"] >= 0.85, msg

@@ -368,6 +368,9 @@ def test_fit_spec_toml_rejects_unknown_keys(tmp_path):
     p.write_text('n = "side"\n')
     with pytest.raises(ScalingError, match="n must be one of auto, trainable, backbone, total"):
         load_spec(str(p))
+    p.write_text("[holdout]\npool = 1\n")
+    with pytest.raises(ScalingError, match="holdout.pool must be true or false"):
+        load_spec(str(p))
 
 
 def test_analysis_specs_load():
