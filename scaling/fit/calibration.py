@@ -71,8 +71,9 @@ show more than its neighbours' (a law may fail for one method only) from being n
 spread, no estimate tells the sweep from one whose law holds, yet a bend can grow faster than the
 linear lever arm (an omitted quadratic term's leftover is κ·(d² − the fitted log C's variance)).
 Carrying τ's uncertainty through (the Q-profile confidence distribution: Nagashima, Noma & Furukawa
-2019, Stat Methods Med Res 28:1689) covers such sweeps but widens every well-specified one several
-fold; it is not done. docs/fitting.md gives the coverage measured on both kinds of sweep.
+2019, Stat Methods Med Res 28:1689) would cover them, but from a few folds τ's confidence range
+runs from 0 to large values on every sweep, so it widens those whose law holds as much; it is not
+done. docs/fitting.md gives the coverage measured on both kinds of sweep.
 
 **Why not split-conformal.** A split-conformal interval (Vovk et al. 2005; Lei et al. 2018) at
 level 1 − a needs ⌈(K + 1)(1 − a)⌉ ≤ K calibration scores: 19 folds for 95%. A sweep has a handful
