@@ -323,9 +323,10 @@ def rolling_check(
     best: np.ndarray | None = None,
     forms: dict[str, str | None] | None = None,
 ) -> RollingCheck:
-    """:func:`rolling_folds` and each approach's :func:`calibrate` over them; ``forms``: the law
-    each approach's predictions are made with (:func:`law_form` of the full fit), whose folds
-    estimate its τ (:func:`matching`)."""
+    """:func:`scaling.fit.folds.rolling_folds` and each approach's :func:`calibrate` over them;
+    ``forms``: the law each approach's predictions are made with
+    (:func:`scaling.fit.folds.law_form` of the full fit), whose folds estimate its τ
+    (:func:`matching`)."""
     level = spec.bootstrap.level
     reason = None
     if not spec.approach2.enabled:
