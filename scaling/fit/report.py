@@ -357,10 +357,10 @@ def _rolling(report: FitReport) -> list[str]:
     few = any(0 < len({f.budget for f in mf.calibration.check.folds if f.predicted}) <= 2
               for mf in report.methods.values() if mf.calibration)  # fmt: skip
     if few:  # docs/fitting.md, "Calibrated extrapolation": measured on the coverage suites
+        pooled = ", even pooled over methods," if report.spec.holdout.pool else ""
         recs.append("  τ from two held-out budgets or fewer per method is a rough guide: where the "
-                    "law bends, such short folds often cannot see it, even pooled over methods, and "
-                    "the calibrated intervals cover less than their level; each budget added is one "
-                    "more fold")  # fmt: skip
+                    f"law bends, such short folds often cannot see it{pooled} and the calibrated "
+                    "intervals cover less than their level; each budget added is one more fold")  # fmt: skip
     if not rows and not recs:
         return []
     out = ["", "rolling held-out check (fit on the budgets below, predict the next one's L*; "

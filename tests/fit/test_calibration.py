@@ -388,6 +388,8 @@ def test_scaling_fit_pools_the_methods_folds_for_tau():
             c = p.check.calibrations[q.approach]
             assert q.calibrated == widen(q.loss, q.interval, c.tau, c.dof, q.lever_arm, 0.95)
     assert raised >= 1  # two methods' τ differ: the lower one takes the sweep's
+    assert "cannot see it, even pooled over methods," in summary(pooled)  # 4 budgets: 2 folds
+    assert "cannot see it and the calibrated" in summary(alone)
 
 
 def test_advice_names_the_trusted_loss_where_approach3_is_outvoted():
