@@ -5,6 +5,7 @@ fits.json."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from importlib import metadata
@@ -226,6 +227,29 @@ def test_train_set_never_rewrites_the_spec_under_a_running_trainer(planned_run, 
         code, _, err = run_cli(["train", str(planned_run), "--set", "train.log_every=2"], capsys)
     assert code == 2 and "run" in err and len(err.strip().splitlines()) == 1
     assert (planned_run / "spec.json").read_bytes() == before
+
+
+def test_train_set_keeps_a_concurrent_set_that_landed_before_the_lock(planned_run, capsys,
+                                                                       monkeypatch):  # fmt: skip
+    """Two `scaling train --set` at once: the second to take the lock applies its change to the spec
+    as the first left it, not to the copy it read before waiting."""
+    real, landed = io.exclusive_lock, []
+
+    @contextlib.contextmanager
+    def lock_after_another_set(path, what):
+        if not landed:  # the other --set lands while this one waits for the lock
+            landed.append(path)
+            spec = json.loads((planned_run / "spec.json").read_text())
+            io.write_json(planned_run / "spec.json",
+                          {**spec, "train": {**spec["train"], "eval_every": 7}})  # fmt: skip
+        with real(path, what):
+            yield
+
+    monkeypatch.setattr(io, "exclusive_lock", lock_after_another_set)
+    code, _, err = run_cli(["train", str(planned_run), "--set", "train.log_every=2"], capsys)
+    assert code == 0, err
+    train = json.loads((planned_run / "spec.json").read_text())["train"]
+    assert train["log_every"] == 2 and train["eval_every"] == 7
 
 
 # --------------------------------------------------------------------------------------------------

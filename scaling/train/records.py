@@ -209,15 +209,26 @@ def set_train_options(run_dir: str | os.PathLike, overrides: dict[str, Any]) -> 
     table = overrides.get("train")
     if not isinstance(table, dict):
         raise ScalingError("--set train: set its keys, e.g. --set train.log_every=5")
-    spec = {**run.spec, "train": {**run.spec["train"], **table}}
-    try:
-        check_spec(spec)
-    except ScalingError as e:
-        raise ScalingError(f"--set: {e}") from None
-    if spec != run.spec:
-        with io.exclusive_lock(run.lock_path, f"run {spec['run_id']}"):
+    spec = _with_train(run.spec, table)
+    if spec == run.spec:
+        return spec
+    with io.exclusive_lock(run.lock_path, f"run {spec['run_id']}"):
+        # read again under the lock: another `--set` that wrote since the read above is kept
+        current = open_run(run_dir).spec
+        spec = _with_train(current, table)
+        if spec != current:
             io.write_json(run.path / SPEC_FILE, spec)
     return spec
+
+
+def _with_train(spec: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with ``table`` over its ``[train]`` table, checked (one-line error)."""
+    out = {**spec, "train": {**spec["train"], **table}}
+    try:
+        check_spec(out)
+    except ScalingError as e:
+        raise ScalingError(f"--set: {e}") from None
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
