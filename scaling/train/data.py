@@ -41,6 +41,7 @@ import functools
 import glob
 import os
 import re
+import weakref
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,7 +150,20 @@ def _hub_documents(dataset: dict[str, Any]) -> pl.DataFrame:
 # --- tokens -------------------------------------------------------------------------------------------
 
 
-_FAST_MATCHES: dict[int, bool] = {}
+_FAST_MATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""tokenizer → (its backend, whether ``encode_batch_fast`` gave the tokenizer's own ids): weak, so a
+verdict dies with its tokenizer and never passes to a later one at the same address (as an ``id()``
+key could), and per tokenizer, since two tokenizers sharing a backend may call it differently."""
+
+
+def _fast_verdict(tokenizer, backend) -> bool | None:
+    """The recorded verdict for ``tokenizer`` over ``backend`` (None: not checked yet; False also for
+    a tokenizer that cannot be weakly referenced, whose verdict could not be kept)."""
+    try:
+        seen = _FAST_MATCHES.get(tokenizer)
+    except TypeError:
+        return False
+    return None if seen is None or seen[0] is not backend else seen[1]
 
 
 def token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
@@ -159,13 +173,13 @@ def token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list
     backend = getattr(tokenizer, "backend_tokenizer", None)
     fast = getattr(backend, "encode_batch_fast", None)
     kwargs = dict(add_special_tokens=False, return_attention_mask=False, verbose=False)
-    key = id(backend)
-    if fast is None or _FAST_MATCHES.get(key) is False:
+    verdict = False if fast is None else _fast_verdict(tokenizer, backend)
+    if verdict is False:
         return tokenizer(texts, **kwargs)["input_ids"]
     ids = [e.ids for e in fast(texts, add_special_tokens=False)]
-    if key not in _FAST_MATCHES:
+    if verdict is None:
         reference = tokenizer(texts, **kwargs)["input_ids"]
-        _FAST_MATCHES[key] = ids == reference
+        _FAST_MATCHES[tokenizer] = (backend, ids == reference)
         return reference
     return ids
 

@@ -280,6 +280,25 @@ def test_fast_encoding_is_used_only_where_it_gives_the_tokenizers_ids(tmp_path):
     expected = skewed(texts)["input_ids"]
     assert data.token_ids(skewed, texts) == expected == data.token_ids(skewed, texts)
 
+    class Sharing(Skewed):  # the same backend as bpe, whose fast ids matched bpe's own
+        backend_tokenizer = bpe.backend_tokenizer
+
+    sharing = Sharing()
+    assert data.token_ids(sharing, texts) == expected == data.token_ids(sharing, texts)
+    assert data.token_ids(bpe, texts) == reference  # and bpe's verdict stands
+
+    class Counting(PreTrainedTokenizerFast):  # a real tokenizer class: its own call is counted
+        calls = 0
+
+        def __call__(self, *args, **kwargs):
+            Counting.calls += 1
+            return super().__call__(*args, **kwargs)
+
+    counting = Counting(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                        unk_token="<unk>")  # fmt: skip
+    assert [data.token_ids(counting, texts) for _ in range(3)] == [reference] * 3
+    assert Counting.calls == 1  # checked once, then the backend's fast path
+
 
 def test_the_quickstart_trains_on_the_same_batches_as_before(tok, cache):
     """sweeps/quickstart.toml's data (4e5 synthetic tokens, one epoch) through the shards: the runs
