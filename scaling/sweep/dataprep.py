@@ -101,7 +101,13 @@ def prepare(plan: Plan) -> list[Prepared]:
         need = max(map(_train_sequences, runs))
         prepared = shards.prepare(dataset, tokenizer, seq_len=plan.spec.seq_len,
                                   train_sequences=need, verify=True)  # fmt: skip
-        for run in runs:
+        # one check per (seq_len, training sequences), in plan order, each naming its first run:
+        # the error names the first failing run, as checking every run would (each check loads
+        # the per-document arrays)
+        first: dict[tuple[int, int], RunSpec] = {}
+        for r in runs:
+            first.setdefault((r.seq_len, _train_sequences(r)), r)
+        for run in first.values():
             try:
                 shards.layout(prepared, dataset, seq_len=run.seq_len,
                               train_sequences=_train_sequences(run),

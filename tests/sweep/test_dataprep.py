@@ -113,6 +113,25 @@ def test_sweep_prepares_once_names_the_data_and_a_second_sweep_reuses_it(tmp_pat
     assert view.shards.path == entries[0] and view.n_train > 0
 
 
+def test_runs_of_the_same_size_are_checked_against_the_data_once(tmp_path, backbones, cache, capsys,
+                                                                  monkeypatch):  # fmt: skip
+    data_file = corpus(tmp_path / "d.jsonl", 400)
+    spec = write_spec(tmp_path, backbones[:1], f'path = "{data_file}"')
+    spec.write_text("seeds = [0, 1, 2]\n" + spec.read_text())  # three runs per size
+    checked = []
+    real = shards.layout
+
+    def layout(prepared, dataset, **kw):
+        checked.append((kw["seq_len"], kw["train_sequences"]))
+        return real(prepared, dataset, **kw)
+
+    monkeypatch.setattr(shards, "layout", layout)
+    assert sweep(spec, tmp_path / "runs", "--json") == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    sizes = {(r["seq_len"], r["steps"] * r["batch_tokens"] // r["seq_len"]) for r in runs}
+    assert len(runs) == 3 * len(sizes) and sorted(checked) == sorted(sizes)
+
+
 def test_a_backbone_whose_tokenizer_is_not_here_is_left_to_its_jobs(tmp_path, backbones, cache,
                                                                     capsys):  # fmt: skip
     bare = tmp_path / "bare"
