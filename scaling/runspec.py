@@ -49,6 +49,8 @@ FINAL = ("success", "failed", "diverged")
 SPEC_FILE = "spec.json"
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.parquet"
+TASK_KIND = "task/"
+"""Prefix of a task evaluation's ``kind`` in metrics.parquet: ``task/<evaluation name>``."""
 LAUNCH_RECORD = "launch.json"
 """Written by the launcher: the latest submission of the run and the earlier ones."""
 MANIFEST_FILE = "manifest.parquet"

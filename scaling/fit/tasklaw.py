@@ -43,10 +43,8 @@ from scaling.fit import laws
 from scaling.fit.frontier import ci_json
 from scaling.fit.lbfgs import blas_single_threaded, lbfgs_batched
 from scaling.fit.points import Points
+from scaling.runspec import TASK_KIND
 
-TASK_KIND = "task/"
-"""Prefix of a task evaluation's ``kind`` in metrics.parquet (:data:`scaling.train.records.TASK_KIND`;
-repeated here because the fit never imports the trainer's torch-side modules)."""
 STEP1_NAMES = ("E", "A", "B", "alpha", "beta")
 STEP2_NAMES = ("a", "k", "L0", "b")
 STEP1_LOWER = np.array([-20.0, -20.0, 0.0, 0.0, -10.0])

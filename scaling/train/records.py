@@ -53,8 +53,6 @@ its task loss, with ``accuracy``, ``gen_tokens``, ``examples`` and ``eval_flops`
 own FLOPs; ``flops`` is, as in every row, the training FLOPs so far)."""
 TASK_COLUMNS = ("accuracy", "gen_tokens", "examples", "eval_flops")
 """Added with task evaluations: metrics written before them lack these (read back as nulls)."""
-TASK_KIND = "task/"
-"""Prefix of a task evaluation's ``kind``: ``task/<evaluation name>``."""
 
 
 def peak_memory_bytes() -> int:

@@ -46,7 +46,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from scaling import flops
 from scaling.arch import Arch
 from scaling.errors import ScalingError, one_line
-from scaling.train.records import TASK_COLUMNS, TASK_KIND
+from scaling.runspec import TASK_KIND
+from scaling.train.records import TASK_COLUMNS
 from scaling.train.synthetic import synthetic_arithmetic
 
 EVAL_DEFAULTS: dict[str, Any] = {
