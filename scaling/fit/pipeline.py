@@ -27,9 +27,10 @@ Per method (docs/fitting.md has the methodology and its traps):
   rolling held-out checks that give each interval's empirical coverage, widen the predictions' L*
   intervals for a law that does not hold and say which approach to trust
   (:mod:`scaling.fit.calibration`, :mod:`scaling.fit.trust`; ``holdout.rolling``; each method's
-  τ from all methods' folds where they show more than its own, ``holdout.pool``) and, across methods, every method against one reference by the approach with the lowest held-out
-  error: compute multipliers at equal loss (extrapolations marked), crossovers and exponent
-  differences (:mod:`scaling.fit.compare`).
+  τ from all methods' folds where they show more than its own, ``holdout.pool``) and, across
+  methods, every method against one reference by the approach with the lowest held-out error:
+  compute multipliers at equal loss (extrapolations marked), crossovers and exponent differences
+  (:mod:`scaling.fit.compare`).
 * task laws (:mod:`scaling.fit.tasklaw`, :mod:`scaling.fit.taskfit`), when the runs logged task evaluations: compute → task loss
   L(N, D), then task loss → accuracy through a sigmoid (Bhagia et al. 2024), chained into accuracy vs
   compute, with the same bootstrap and held-out check.

@@ -354,8 +354,9 @@ def _rolling(report: FitReport) -> list[str]:
                         f"RMS error {c.rmse:.2%}, bias {c.bias:+.2%}; discrepancy τ = "
                         f"{c.tau:.2%} per decade from {c.dof} fold(s)"
                         + (f" ({c.tau_folds})" if c.tau_folds else ""))  # fmt: skip
-    few = any(0 < len({f.budget for f in mf.calibration.check.folds if f.predicted}) <= 2
-              for mf in report.methods.values() if mf.calibration)  # fmt: skip
+    held_out = [{f.budget for f in mf.calibration.check.folds if f.predicted is not None}
+                for mf in report.methods.values() if mf.calibration]  # fmt: skip
+    few = any(0 < len(b) <= 2 for b in held_out)
     if few:  # docs/fitting.md, "Calibrated extrapolation": measured on the coverage suites
         pooled = ", even pooled over methods," if report.spec.holdout.pool else ""
         recs.append("  τ from two held-out budgets or fewer per method is a rough guide: where the "
