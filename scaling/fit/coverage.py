@@ -200,8 +200,9 @@ def trial(
         pool = {o: v for o, v in folds.items() if o != m} if spec.holdout.pool else None
         last = max(f.budget for f in mine)
         for a in APPROACHES:
-            alone = dict(sequential(mine, a, spec.bootstrap.level))
-            for test, cal in sequential(mine, a, spec.bootstrap.level, pool):
+            seq = sequential(mine, a, spec.bootstrap.level, pool)
+            alone = dict(sequential(mine, a, spec.bootstrap.level) if pool else seq)
+            for test, cal in seq:
                 if test.budget != last:
                     continue
                 widened = cal.interval(test.predicted, test.interval, test.distance,

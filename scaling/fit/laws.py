@@ -430,18 +430,21 @@ def refit_lse(
     delta: float = HUBER_DELTA,
     x0: np.ndarray | None = None,
     maxiter: int = 1000,
+    box: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Refit many resamples at once (the bootstrap): ``weights`` (R, n) multiplicities (``y`` may be
-    (R, n) too), ``starts`` (S, 2K+1) raw θ tried for every resample. Returns raw θ (R, 2K+1) of each
-    resample's best start and its objective (unscaled)."""
+    (R, n) too), ``starts`` (S, 2K+1) raw θ tried for every resample, or (R, S, 2K+1) per resample.
+    ``box``: bounds on the centred θ (default :func:`bounds`). Returns raw θ (R, 2K+1) of each
+    resample's best start and its objective (unscaled), NaN where no start gave a finite one."""
     X = np.asarray(X, dtype=float)
     k = X.shape[1]
     x0 = X.mean(axis=0) if x0 is None else np.asarray(x0)
     Xc = X - x0
-    lo, hi = bounds(k)
-    st = np.clip(to_centred(np.atleast_2d(starts), x0), lo, hi)
-    r, s = weights.shape[0], st.shape[0]
-    x_init = np.tile(st, (r, 1))
+    lo, hi = bounds(k) if box is None else box
+    r, starts = weights.shape[0], np.asarray(starts, dtype=float)
+    s = starts.shape[-2] if starts.ndim == 3 else np.atleast_2d(starts).shape[0]
+    raw = starts.reshape(r * s, -1) if starts.ndim == 3 else np.tile(np.atleast_2d(starts), (r, 1))
+    x_init = np.clip(to_centred(raw, x0), lo, hi)
     cells = Cells(Xc, y, weights, delta) if np.ndim(y) == 1 and Cells.worth(Xc) else None
     W = None if cells is not None else np.repeat(weights, s, axis=0)
     Y = y if np.ndim(y) == 1 else np.repeat(y, s, axis=0)
@@ -453,7 +456,9 @@ def refit_lse(
         return objective(th, Xc, yy, W[rows], delta)
 
     batch = lbfgs_batched(fun, x_init, lo, hi, gtol=1e-6, ftol=1e-12, maxiter=maxiter)
-    f = batch.f.reshape(r, s)
+    f = np.where(np.isfinite(batch.f), batch.f, np.inf).reshape(r, s)  # argmin skips failed starts
     best = f.argmin(axis=1)
-    x = batch.x.reshape(r, s, -1)[np.arange(r), best]
-    return to_raw(x, x0), f[np.arange(r), best] * delta * delta
+    x = to_raw(batch.x.reshape(r, s, -1)[np.arange(r), best], x0)
+    cost = f[np.arange(r), best] * delta * delta
+    x[~np.isfinite(cost)] = np.nan
+    return x, np.where(np.isfinite(cost), cost, np.nan)

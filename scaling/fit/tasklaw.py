@@ -252,30 +252,15 @@ def refit_step1(N, D, L, weights: np.ndarray, starts: np.ndarray, delta: float,
     The objective is :func:`fit_task_loss`'s (``least_squares``' Huber loss over the resample's
     repeated points is Σ w·Huber_δ, the same function), minimised by the batched L-BFGS of the loss
     laws' bootstrap (:func:`scaling.fit.lbfgs.lbfgs_batched` on :func:`scaling.fit.laws.objective`,
-    log N and log D centred on their means for conditioning): one vectorised solve instead of R·S
-    scipy calls. Box: the point estimate's on α, β and log E; on log A and log B the loss laws'
-    centred box (the log of each term at the data's centre within ±25), which binds only on a term
-    ~e⁻²⁵ of the loss."""
+    log N and log D centred on their means for conditioning, :func:`scaling.fit.laws.refit_lse`):
+    one vectorised solve instead of R·S scipy calls. Box: the point estimate's on α, β and log E; on
+    log A and log B the loss laws' centred box (the log of each term at the data's centre within
+    ±25), which binds only on a term ~e⁻²⁵ of the loss."""
     X = np.log(np.c_[np.asarray(N, float), np.asarray(D, float)])
-    y = np.log(np.asarray(L, float))
-    x0 = X.mean(axis=0)
-    Xc = X - x0
     lo = np.r_[laws.BOUND_A[0], laws.BOUND_A[0], STEP1_LOWER[2:]]
     hi = np.r_[laws.BOUND_A[1], laws.BOUND_A[1], STEP1_UPPER[2:]]
-    r, s, _ = starts.shape
-    x_init = np.clip(laws.to_centred(starts.reshape(r * s, 5), x0), lo, hi)
-    W = np.repeat(np.asarray(weights, float), s, axis=0)  # rows: (resample, start), resample-major
-
-    def fun(th, rows):
-        return laws.objective(th, Xc, y, W[rows], delta)
-
-    batch = lbfgs_batched(fun, x_init, lo, hi, gtol=1e-6, ftol=1e-12, maxiter=maxiter)
-    f = np.where(np.isfinite(batch.f), batch.f, np.inf).reshape(r, s)
-    best = f.argmin(axis=1)
-    x = laws.to_raw(batch.x.reshape(r, s, 5)[np.arange(r), best], x0)
-    cost = f[np.arange(r), best] * delta * delta
-    x[~np.isfinite(cost)] = np.nan
-    return x, np.where(np.isfinite(cost), cost, np.nan)
+    return laws.refit_lse(X, np.log(np.asarray(L, float)), np.asarray(weights, float), starts,
+                          delta=delta, maxiter=maxiter, box=(lo, hi))  # fmt: skip
 
 
 def step2_starts(L, acc) -> np.ndarray:

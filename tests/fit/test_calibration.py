@@ -469,6 +469,14 @@ def test_misspecified_coverage_reaches_nominal_where_the_bootstrap_falls_short(s
         assert suites[name].calibrated["approach3"] >= 0.85, msg
 
 
+def test_a_coverage_trial_without_pooling_calibrates_each_method_from_its_own_folds():
+    sweeps = [coverage.sweep(4, method=m, budgets=coverage.BUDGETS[:4]) for m in (0, 1)]
+    with single_threaded_blas():
+        trials = coverage.trial(sweeps, fast_spec(holdout={"pool": False}), 4)
+    assert {t.method for t in trials} == {"synthetic", "synthetic1"}
+    assert all(t.own == t.calibrated for t in trials)
+
+
 @pytest.mark.slow
 def test_coverage_reaches_nominal_with_four_calibration_folds():
     """Seven budgets: four rolling folds per method calibrate the held-out last budget
