@@ -115,7 +115,8 @@ def collect_dir(run_dir: str | Path, *, cache: bool = True) -> Collected:
 def _listing(root: Path) -> dict[str, dict[str, os.stat_result]]:
     """Every run folder's collected files and their stats, from one ``os.scandir`` per folder
     (``""`` → the manifest): the fingerprint and the reader both use it, so each file is stat'ed
-    once (pathlib's ``is_file``/``stat`` per file cost ~1 s at 10,000 runs)."""
+    once (pathlib's ``is_file``/``stat`` per file stat'ed each file three times; timed by
+    ``bench/analysis_scale.py``)."""
     out: dict[str, dict[str, os.stat_result]] = {}
     manifest = root / "manifest.parquet"
     if manifest.is_file():
@@ -252,8 +253,8 @@ def _read_all(metrics: dict[str, Path]) -> pl.DataFrame | None:
     reads them one by one and says which run is at fault.
 
     Each row's file path becomes its run id inside the scan (``replace_strict``, no join), and the
-    run id and kind are :data:`polars.Categorical`: 4 bytes a row instead of a string each, which
-    at 10⁷ rows is the difference between ~1.7 and ~2.5 GiB at peak."""
+    run id and kind are :data:`polars.Categorical`: 4 bytes a row instead of a string each (the
+    peak memory at 10⁷ rows: ``bench/analysis_scale.py``)."""
     if not metrics:
         return None
     rids = list(metrics)

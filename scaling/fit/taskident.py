@@ -64,9 +64,8 @@ def step2_reasons(law: SigmoidLaw, L, acc, *, failed: int = 0, resamples: int = 
 
     A sigmoid is pinned down only where the accuracies leave one plateau for the other: its height a,
     slope k and midpoint L0 are then read off the rise. Tiny models on a hard task (accuracy ≈ 0 at
-    every run) give a curve fitted to the floor's noise, whose midpoint and slope are anything — on
-    one real sweep L0 = 0.55 lay outside its own interval [0.86, 7.2] and k ran to −1.4e3 with nothing
-    said. Not identified when:
+    every run) give a curve fitted to the floor's noise, whose midpoint and slope are anything (L0
+    outside its own interval, k running off to large values) with nothing said. Not identified when:
 
     * the accuracies' spread (10th to 90th percentile) is below :data:`MIN_ACC_SPREAD` or within
       noise (:data:`NOISE_SPREAD` × the fit's rmse): they never leave the floor or ceiling;
