@@ -115,7 +115,7 @@ def collect_dir(run_dir: str | Path, *, cache: bool = True) -> Collected:
 def _listing(root: Path) -> dict[str, dict[str, os.stat_result]]:
     """Every run folder's collected files and their stats, from one ``os.scandir`` per folder
     (``""`` → the manifest): the fingerprint and the reader both use it, so each file is stat'ed
-    once (pathlib's ``is_file``/``stat`` per file stat'ed each file three times; timed by
+    once (pathlib's ``is_file``/``stat`` calls stat'ed each file three times; timed by
     ``bench/analysis_scale.py``)."""
     out: dict[str, dict[str, os.stat_result]] = {}
     manifest = root / "manifest.parquet"

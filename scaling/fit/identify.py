@@ -40,7 +40,8 @@ def _reaches_zero(ci: tuple[float, float] | None) -> bool:
     return ci is not None and ci[0] <= 0 <= ci[1]
 
 
-def _over_a_decade(ci: tuple[float, float] | None) -> bool:
+def over_a_decade(ci: tuple[float, float] | None) -> bool:
+    """A positive interval whose ends differ by more than :data:`DECADE` times."""
     return ci is not None and ci[0] > 0 and ci[1] / ci[0] > DECADE
 
 
@@ -93,7 +94,7 @@ def approach3_reasons(a3, info: dict | None, level: float = 0.95) -> list[str]:
         reasons.append(
             f"the N*(C) exponent's {pct} interval {fmt_interval(a3.n_opt.ci['a'])} reaches zero"
         )
-    if _over_a_decade(a3.ci.get("E")):
+    if over_a_decade(a3.ci.get("E")):
         reasons.append(f"E's {pct} interval {fmt_interval(a3.ci['E'])} spans more than a decade")
     for key, value in (("alpha", a3.alpha), ("beta", a3.beta), ("E", a3.E)):
         reasons += outside(NAMES.get(key.lower(), key), value, a3.ci.get(key), pct)
@@ -127,7 +128,7 @@ def power_law_reasons(fit, band: tuple[float, float] | None, info: dict | None,
                            f"({value:.3g})" + (": the optimal losses do not bend toward a floor"
                                                if name == "E" else ""))  # fmt: skip
         reasons += outside("the L*(C) exponent γ", loss.alpha, loss.ci.get("alpha"), pct)
-    if _over_a_decade(band):
+    if over_a_decade(band):
         reasons.append(f"N* at the middle budget has a {pct} interval {fmt_interval(band)} spanning more "
                        "than a decade")  # fmt: skip
     return reasons + _failed(info)

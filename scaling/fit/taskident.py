@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scaling.fit.identify import DECADE, failed_reason, fmt_interval, outside
+from scaling.fit.identify import failed_reason, fmt_interval, outside, over_a_decade
 from scaling.fit.tasklaw import STEP1_NAMES, STEP2_NAMES, SigmoidLaw, TaskLossLaw
 
 MIN_ACC_SPREAD = 0.05
@@ -52,7 +52,7 @@ def step1_reasons(law: TaskLossLaw, min_loss: float, *, failed: int = 0, resampl
         if ci is not None and ci[0] <= 1e-6:
             reasons.append(f"{n}'s {pct} interval {fmt_interval(ci)} reaches zero")
     ci = law.ci.get("E")
-    if ci is not None and ci[0] > 0 and ci[1] / ci[0] > DECADE:
+    if over_a_decade(ci):
         reasons.append(f"E's {pct} interval {fmt_interval(ci)} spans more than a decade")
     return reasons + _outside(law, STEP1_NAMES, pct) + failed_reason(failed, resamples)
 
@@ -96,11 +96,11 @@ def step2_reasons(law: SigmoidLaw, L, acc, *, failed: int = 0, resamples: int = 
     reasons += [f"{n} sits at its bound ({getattr(law, n):.3g})" for n in law.bound_hits]
     reasons += _outside(law, STEP2_NAMES, pct)
     ci = law.ci.get("k")  # k ≤ 0: [lo, hi] with |lo| ≥ |hi|
-    if ci is not None and (ci[1] >= -1e-12 or ci[0] / ci[1] > DECADE):
+    if ci is not None and (ci[1] >= -1e-12 or over_a_decade((-ci[1], -ci[0]))):
         reasons.append(f"k's {pct} interval {fmt_interval(ci)} "
                        + ("reaches zero" if ci[1] >= -1e-12 else "spans more than a decade"))  # fmt: skip
     ci = law.ci.get("a")
-    if ci is not None and (ci[0] <= 1e-12 or ci[1] / ci[0] > DECADE):
+    if ci is not None and (ci[0] <= 1e-12 or over_a_decade(ci)):
         reasons.append(f"a's {pct} interval {fmt_interval(ci)} "
                        + ("reaches zero" if ci[0] <= 1e-12 else "spans more than a decade"))  # fmt: skip
     ci = law.ci.get("L0")
