@@ -251,21 +251,13 @@ class LadderModel(MethodModel):
 
         return hook
 
-    def backbone_states(
-        self, input_ids, attention_mask=None, position_ids=None, past_key_values=None
-    ) -> dict:
+    def backbone_states(self, input_ids, attention_mask=None, position_ids=None) -> dict:
         """Run the frozen backbone once (no autograd) and return the captured states.
 
         ``hidden[-1]`` is the embedding output, ``hidden[i]`` the raw output of decoder layer i (before
         the final norm), for each ``i`` in :attr:`read_layers`; ``mask[i]`` the attention mask layer i
-        received (``mask[-1]`` layer 0's). With ``past_key_values`` (the backbone's cache) only the new
-        positions run, and the masks span the cached ones too.
+        received (``mask[-1]`` layer 0's). Over a cache: :meth:`cached_backbone_states`.
         """
-        if past_key_values is not None:
-            with torch.no_grad():
-                return self.cached_backbone_states(
-                    input_ids, attention_mask, position_ids, past_key_values
-                )
         # Hooks live only for this call: a layer with hooks takes torch's slower call path, which the
         # cached path (calling the layers itself) should not pay.
         layers = self._parts[0].layers
@@ -282,8 +274,7 @@ class LadderModel(MethodModel):
                     input_ids=input_ids,
                     attention_mask=attention_mask,
                     position_ids=position_ids,
-                    past_key_values=past_key_values,
-                    use_cache=past_key_values is not None,
+                    use_cache=False,
                 )
             return self._states
         finally:
