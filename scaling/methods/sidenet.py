@@ -407,65 +407,60 @@ class LadderModel(MethodModel):
         ``stopping_criteria`` (transformers' ``StoppingCriteria``: ``(ids, scores) → bool per row``)
         marks done, continue with ``pad_token_id``; decoding ends when every row is done."""
         with torch.inference_mode():  # cheaper per op than no_grad: no version counters, no views
-            ids = self._decode(input_ids, attention_mask, max_new_tokens, do_sample, temperature,
-                               top_k, eos_token_id, pad_token_id, generator, use_cache,
-                               stopping_criteria)  # fmt: skip
-        return ids.clone()  # a normal tensor again: callers may edit it in place
-
-    def _decode(self, input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_k,
-                eos_token_id, pad_token_id, generator, use_cache, stopping_criteria):  # fmt: skip
-        batch, length = input_ids.shape
-        pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
-        # Token ids and attention mask live in buffers of the final length, written one column per
-        # step, instead of growing by torch.cat; each step reads a view of the first ``length``.
-        ids = input_ids.new_full((batch, length + max_new_tokens), pad)
-        ids[:, :length] = input_ids
-        mask = torch.zeros_like(ids)
-        mask[:, :length] = 1 if attention_mask is None else attention_mask
-        done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
-        cache = self.new_cache() if use_cache else None
-        head = self.output_head()
-        if use_cache:  # cos/sin of every position this generation reaches, computed once
-            decoder, end = self._parts[0], length + max_new_tokens
-            embed, w_in = decoder.embed_tokens.weight, self.side.w_in.weight
-            cache.rotary = (
-                rotary_table(decoder.rotary_emb, end, embed.dtype, embed.device),
-                rotary_table(self.side.rotary_emb, end, w_in.dtype, w_in.device),
-            )
-        position_ids = (mask[:, :length].cumsum(-1) - 1).clamp(min=0)  # the prompt's
-        seen = mask[:, :length].sum(-1, keepdim=True)  # non-pad positions so far, per row
-        feed = input_ids
-        for _ in range(max_new_tokens):
-            hidden = self.hidden_states(feed, mask[:, :length], position_ids, cache)
-            logits = head(hidden[:, -1]).float()  # only the last position is decoded
-            if do_sample:
-                logits = logits / max(temperature, 1e-6)
-                if top_k:
-                    kth = torch.topk(logits, top_k).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, -math.inf)
-                nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-            else:
-                nxt = logits.argmax(-1)
-            nxt.masked_fill_(done, pad)
-            live = ~done
-            ids[:, length] = nxt
-            mask[:, length] = live
-            seen += live[:, None]
-            length += 1
-            if use_cache:  # the new token only, at its position (the non-pad ones before it)
-                feed, position_ids = ids[:, length - 1 : length], (seen - 1).clamp(min=0)
-            else:  # the whole prefix again
-                feed = ids[:, :length]
-                position_ids = (mask[:, :length].cumsum(-1) - 1).clamp(min=0)
-            if eos_token_id is None and not stopping_criteria:
-                continue  # no row can finish early
-            if eos_token_id is not None:
-                done |= nxt == eos_token_id
-            for criterion in stopping_criteria or ():
-                done |= criterion(ids[:, :length], logits).to(done.device)
-            if done.all():
-                break
-        return ids[:, :length]
+            batch, length = input_ids.shape
+            pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
+            # Token ids and attention mask live in buffers of the final length, written one column
+            # per step, instead of growing by torch.cat; each step reads a view of the first
+            # ``length``.
+            ids = input_ids.new_full((batch, length + max_new_tokens), pad)
+            ids[:, :length] = input_ids
+            mask = torch.zeros_like(ids)
+            mask[:, :length] = 1 if attention_mask is None else attention_mask
+            done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+            cache = self.new_cache() if use_cache else None
+            head = self.output_head()
+            if use_cache:  # cos/sin of every position this generation reaches, computed once
+                decoder, end = self._parts[0], length + max_new_tokens
+                embed, w_in = decoder.embed_tokens.weight, self.side.w_in.weight
+                cache.rotary = (
+                    rotary_table(decoder.rotary_emb, end, embed.dtype, embed.device),
+                    rotary_table(self.side.rotary_emb, end, w_in.dtype, w_in.device),
+                )
+            position_ids = (mask[:, :length].cumsum(-1) - 1).clamp(min=0)  # the prompt's
+            seen = mask[:, :length].sum(-1, keepdim=True)  # non-pad positions so far, per row
+            feed = input_ids
+            for _ in range(max_new_tokens):
+                hidden = self.hidden_states(feed, mask[:, :length], position_ids, cache)
+                logits = head(hidden[:, -1]).float()  # only the last position is decoded
+                if do_sample:
+                    logits = logits / max(temperature, 1e-6)
+                    if top_k:
+                        kth = torch.topk(logits, top_k).values[:, -1:]
+                        logits = logits.masked_fill(logits < kth, -math.inf)
+                    nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+                else:
+                    nxt = logits.argmax(-1)
+                nxt.masked_fill_(done, pad)
+                live = ~done
+                ids[:, length] = nxt
+                mask[:, length] = live
+                seen += live[:, None]
+                length += 1
+                if use_cache:  # the new token only, at its position (the non-pad ones before it)
+                    feed, position_ids = ids[:, length - 1 : length], (seen - 1).clamp(min=0)
+                else:  # the whole prefix again
+                    feed = ids[:, :length]
+                    position_ids = (mask[:, :length].cumsum(-1) - 1).clamp(min=0)
+                if eos_token_id is None and not stopping_criteria:
+                    continue  # no row can finish early
+                if eos_token_id is not None:
+                    done |= nxt == eos_token_id
+                for criterion in stopping_criteria or ():
+                    done |= criterion(ids[:, :length], logits).to(done.device)
+                if done.all():
+                    break
+            out = ids[:, :length]
+        return out.clone()  # a normal tensor again: callers may edit it in place
 
     def save_weights(self, directory) -> None:
         state = {k: v.detach().contiguous().cpu() for k, v in self.side.state_dict().items()}
