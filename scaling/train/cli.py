@@ -19,8 +19,7 @@ from scaling.errors import ScalingError
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from scaling.runspec import TRACKERS
-    from scaling.train import tracking, train
+    from scaling.train import train
     from scaling.train.records import failure_reason, set_train_options
 
     overrides = parse_overrides(args.set)
@@ -29,10 +28,6 @@ def run_train(args: argparse.Namespace) -> int:
         overrides = merge_tables(
             overrides, {"train": {"report_to": [] if chosen == ["none"] else chosen}}
         )
-    table = overrides.get("train")
-    report_to = table.get("report_to") if isinstance(table, dict) else None
-    if isinstance(report_to, list):  # a tracker not installed: refused before spec.json changes
-        tracking.require([t for t in report_to if t in TRACKERS])  # unknown names: check_spec's
     if overrides:
         set_train_options(args.run_dir, overrides)
     try:

@@ -20,6 +20,7 @@ so readers see what they always saw. Once the run succeeds the segments are remo
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import platform
 import re
@@ -192,6 +193,17 @@ def _read(path: Path, what: str) -> pl.DataFrame:
 # Run options from the command line
 
 
+def require_trackers(report_to: list[str]) -> None:
+    """Refuse trackers that are not installed here (bad input: before the job writes anything)."""
+    missing = [name for name in report_to if importlib.util.find_spec(name) is None]
+    if missing:
+        extras = ",".join(missing)
+        raise ScalingError(
+            f"train.report_to lists {', '.join(missing)}, not installed here: "
+            f"pip install 'scaling[{extras}]' (or remove it: --report-to none)"
+        )
+
+
 def set_train_options(run_dir: str | os.PathLike, overrides: dict[str, Any]) -> dict[str, Any]:
     """Apply ``scaling train --set train.KEY=VALUE`` overrides (:func:`scaling.config.parse_overrides`)
     to the run's ``[train]`` table and record them in its ``spec.json``, under the run's lock (never
@@ -210,6 +222,7 @@ def set_train_options(run_dir: str | os.PathLike, overrides: dict[str, Any]) -> 
     spec = _with_train(run.spec, table)
     if spec == run.spec:
         return spec
+    require_trackers(spec["train"].get("report_to", []))  # not installed: refused, spec unchanged
     with io.exclusive_lock(run.lock_path, f"run {spec['run_id']}"):
         # read again under the lock: another `--set` that wrote since the read above is kept
         current = open_run(run_dir).spec

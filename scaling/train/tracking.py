@@ -35,7 +35,6 @@ earlier process committed, which they already hold.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import re
@@ -44,9 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scaling.errors import ScalingError
 from scaling.runspec import TRACKERS, RunDir, open_run
-from scaling.train.records import METRIC_COLUMNS, failure_reason, provenance
+from scaling.train.records import METRIC_COLUMNS, failure_reason, provenance, require_trackers
 
 SCALARS = [c for c in METRIC_COLUMNS if c not in ("kind", "step")]
 """The metrics columns each row sends, as ``<kind>/<column>`` (an empty cell is left out)."""
@@ -55,21 +53,11 @@ SUMMARY = ("status", "error", "final_eval_loss", "final_train_loss", "steps", "t
 """What of ``result.json`` each tracker gets when the run ends."""
 
 
-def require(report_to: list[str]) -> None:
-    """Refuse trackers that are not installed here (bad input: before the job writes anything)."""
-    missing = [name for name in report_to if importlib.util.find_spec(name) is None]
-    if missing:
-        extras = ",".join(missing)
-        raise ScalingError(
-            f"train.report_to lists {', '.join(missing)}, not installed here: "
-            f"pip install 'scaling[{extras}]' (or remove it: --report-to none)"
-        )
-
-
 def checked_run(run_dir: str | os.PathLike) -> RunDir:
-    """:func:`scaling.runspec.open_run`, plus the run's trackers installed (:func:`require`)."""
+    """:func:`scaling.runspec.open_run`, plus the run's trackers installed
+    (:func:`scaling.train.records.require_trackers`)."""
     run = open_run(run_dir)
-    require(run.spec["train"].get("report_to", []))
+    require_trackers(run.spec["train"].get("report_to", []))
     return run
 
 

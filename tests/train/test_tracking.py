@@ -6,6 +6,7 @@ pillow < 13)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 from pathlib import Path
@@ -309,8 +310,8 @@ def test_a_tracker_not_installed_is_refused_before_anything_is_written(tmp_path,
                                                                        monkeypatch):  # fmt: skip
     run = plan_run(tmp_path / "s", backbone, steps=2, report_to=["wandb"])
     before = sorted(p.name for p in run.iterdir())
-    real = tracking.importlib.util.find_spec
-    monkeypatch.setattr(tracking.importlib.util, "find_spec",
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "wandb" else real(name, *a))  # fmt: skip
     with pytest.raises(ScalingError, match=r"lists wandb, not installed here: pip install "
                                            r"'scaling\[wandb\]'"):  # fmt: skip
@@ -324,8 +325,8 @@ def test_report_to_a_tracker_not_installed_leaves_the_spec_as_it_was(tmp_path, b
 
     run = plan_run(tmp_path / "s", backbone, steps=2)
     spec = (run / "spec.json").read_bytes()
-    real = tracking.importlib.util.find_spec
-    monkeypatch.setattr(tracking.importlib.util, "find_spec",
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "wandb" else real(name, *a))  # fmt: skip
     for args in (["--report-to", "wandb"], ["--set", 'train.report_to=["wandb"]']):
         assert cli.main(["train", str(run), *args]) == 2
