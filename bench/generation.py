@@ -54,19 +54,17 @@ def make_backbone(family: str, width: int, layers: int, directory: Path) -> Path
     return directory
 
 
-def timed(fn, repeats: int):
+def timed(fn):
+    """Wall time of one call of ``fn`` (the device synchronised on both sides) and its result."""
     import torch
 
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
-        out = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - tic)
-    return best, out
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - tic, out
 
 
 def measure(model, prompt, args) -> dict:
@@ -76,9 +74,9 @@ def measure(model, prompt, args) -> dict:
     model.generate(prompt[:, :4], max_new_tokens=4)  # warm-up (allocations, kernels)
     t_cached = t_full = float("inf")
     for _ in range(args.repeats):  # alternated, so that a change of load hits both alike
-        t, cached = timed(lambda: model.generate(prompt, **kw), 1)
+        t, cached = timed(lambda: model.generate(prompt, **kw))
         t_cached = min(t_cached, t)
-        t, full = timed(lambda: model.generate(prompt, use_cache=False, **kw), 1)
+        t, full = timed(lambda: model.generate(prompt, use_cache=False, **kw))
         t_full = min(t_full, t)
     new = prompt.shape[0] * args.new
     return dict(cached_s=t_cached, uncached_s=t_full, cached_tokens_per_s=new / t_cached,
@@ -206,6 +204,9 @@ def main() -> None:
                          "default one, so a trial run elsewhere leaves the README alone")  # fmt: skip
     ap.add_argument("--readme", action="store_true", help="only re-render bench/README.md's table")
     args = ap.parse_args()
+    default = Path(args.out).resolve() == (HERE / "results").resolve()
+    if args.readme and not default:
+        ap.error("--readme renders bench/README.md from the committed results: drop --out")
     if not args.readme:
         import torch
 
@@ -217,7 +218,7 @@ def main() -> None:
         io.write_json(path, out)
         print(table(out))
         print(json.dumps({"written": str(path)}))
-    if Path(args.out).resolve() == (HERE / "results").resolve():
+    if default:
         render_readme(Path(args.out), HERE / "README.md")
 
 
