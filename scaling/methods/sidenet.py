@@ -406,6 +406,8 @@ class LadderModel(MethodModel):
         against, token for token. Rows that emitted ``eos_token_id``, or that any of
         ``stopping_criteria`` (transformers' ``StoppingCriteria``: ``(ids, scores) → bool per row``)
         marks done, continue with ``pad_token_id``; decoding ends when every row is done."""
+        if max_new_tokens < 0:
+            raise ScalingError(f"max_new_tokens must be ≥ 0; got {max_new_tokens}")
         with torch.inference_mode():  # cheaper per op than no_grad: no version counters, no views
             batch, length = input_ids.shape
             pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)

@@ -162,3 +162,11 @@ def test_foreign_cache_is_a_clear_error(tiny_llama):
     model = methods.build("ladder", tiny_llama, quantization="none")
     with pytest.raises(ScalingError, match="LadderCache"):
         model(torch.ones(1, 3, dtype=torch.long), past_key_values=DynamicCache())
+
+
+def test_a_negative_token_count_is_a_clear_error(tiny_llama):
+    model = methods.build("ladder", tiny_llama, quantization="none")
+    ids = torch.ones(1, 3, dtype=torch.long)
+    with pytest.raises(ScalingError, match="max_new_tokens must be ≥ 0; got -1"):
+        model.generate(ids, max_new_tokens=-1)
+    assert torch.equal(model.generate(ids, max_new_tokens=0), ids)  # nothing to add: the prompt
